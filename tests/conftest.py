@@ -1,0 +1,80 @@
+"""Fixtures: a fresh service, hub and app per test, served on a real socket."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from tornado.httpclient import AsyncHTTPClient, HTTPResponse
+
+from tracker.app import make_app
+from tracker.config import Settings
+from tracker.hub import LiveHub
+from tracker.service import ActivityService
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings()
+
+
+@pytest.fixture
+def service(settings: Settings) -> ActivityService:
+    return ActivityService(settings.capacity)
+
+
+@pytest.fixture
+def hub(service: ActivityService, settings: Settings) -> LiveHub:
+    return LiveHub(service, max_backlog=settings.ws_max_backlog)
+
+
+@pytest.fixture
+def app(service: ActivityService, hub: LiveHub, settings: Settings, io_loop: Any) -> Any:
+    return make_app(service, hub, settings)
+
+
+class Api:
+    """A small client for the REST endpoints of the server under test."""
+
+    def __init__(self, client: AsyncHTTPClient, base_url: str) -> None:
+        self.client = client
+        self.base_url = base_url
+
+    async def request(
+        self, method: str, path: str, body: Any = None, headers: dict | None = None
+    ) -> HTTPResponse:
+        if isinstance(body, (dict, list)):
+            body = json.dumps(body)
+            headers = {"Content-Type": "application/json", **(headers or {})}
+        if method == "POST" and body is None:
+            body = b""
+        return await self.client.fetch(
+            self.base_url + path, method=method, body=body, headers=headers, raise_error=False
+        )
+
+    async def track(self, query: str = "", **kwargs: Any) -> HTTPResponse:
+        return await self.request("POST", "/api/metrics/track" + query, **kwargs)
+
+    async def activities(self, query: str = "") -> list[dict]:
+        response = await self.request("GET", "/api/metrics/activities" + query)
+        assert response.code == 200, response.body
+        return json.loads(response.body)
+
+
+@pytest.fixture
+def api(http_client: AsyncHTTPClient, base_url: str) -> Api:
+    return Api(http_client, base_url)
+
+
+def error_of(response: HTTPResponse) -> dict:
+    """The error object of a JSON error response, after checking its shape."""
+    assert response.headers["Content-Type"].startswith("application/json")
+    body = json.loads(response.body)
+    assert set(body) == {"error"}
+    error = body["error"]
+    assert error["status"] == response.code
+    assert isinstance(error["message"], str) and error["message"]
+    assert set(error) <= {"status", "message", "field"}
+    assert "Traceback" not in response.body.decode()
+    return error

@@ -1,0 +1,110 @@
+"""The activity record, its validation, and its JSON bytes, encoded once."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+USER_ID_MAX = 256
+ACTION_MAX = 128
+DETAILS_MAX = 4096
+
+# (name, maximum length, required): the one table every input path is checked against.
+FIELDS: tuple[tuple[str, int, bool], ...] = (
+    ("user_id", USER_ID_MAX, True),
+    ("action", ACTION_MAX, True),
+    ("details", DETAILS_MAX, False),
+)
+
+
+class ValidationError(ValueError):
+    """Input that cannot become an activity; names the field at fault."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+@dataclass(frozen=True, slots=True)
+class ActivityInput:
+    """Validated fields of an activity not yet recorded."""
+
+    user_id: str
+    action: str
+    details: str | None = None
+
+
+def validate(values: Mapping[str, Any]) -> ActivityInput:
+    """Check raw field values (strings, or None when absent) against the limits."""
+    clean: dict[str, str | None] = {}
+    for name, limit, required in FIELDS:
+        value = values.get(name)
+        if value is None:
+            if required:
+                raise ValidationError(f"{name} is required", name)
+            clean[name] = None
+            continue
+        if not isinstance(value, str):
+            kind = "string or null" if not required else "string"
+            raise ValidationError(f"{name} must be a {kind}", name)
+        if required and not value.strip():
+            raise ValidationError(f"{name} is required", name)
+        if len(value) > limit:
+            raise ValidationError(f"{name} must be at most {limit} characters", name)
+        if "\x00" in value:
+            # NUL bytes break C-string consumers downstream (SQLite shell, log tools).
+            raise ValidationError(f"{name} must not contain NUL characters", name)
+        clean[name] = value
+    return ActivityInput(clean["user_id"] or "", clean["action"] or "", clean["details"])
+
+
+def format_timestamp(moment: datetime) -> str:
+    """UTC ISO 8601 with microseconds and the +00:00 offset, always."""
+    return moment.astimezone(timezone.utc).isoformat(timespec="microseconds")
+
+
+@dataclass(frozen=True, slots=True)
+class Activity:
+    """One recorded activity; `json` holds its encoding, shared by every reader."""
+
+    id: int
+    user_id: str
+    action: str
+    timestamp: str
+    details: str | None
+    json: bytes = field(repr=False, compare=False)
+
+    @classmethod
+    def create(cls, id: int, data: ActivityInput, moment: datetime) -> Activity:
+        """Build an activity and encode it once."""
+        timestamp = format_timestamp(moment)
+        encoded = json.dumps(
+            {
+                "id": id,
+                "user_id": data.user_id,
+                "action": data.action,
+                "timestamp": timestamp,
+                "details": data.details,
+            },
+            separators=(",", ":"),
+        ).encode()
+        return cls(id, data.user_id, data.action, timestamp, data.details, encoded)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The activity as a plain dict (the JSON object's fields)."""
+        return {
+            "id": self.id,
+            "user_id": self.user_id,
+            "action": self.action,
+            "timestamp": self.timestamp,
+            "details": self.details,
+        }
+
+
+def encode_list(activities: list[Activity]) -> bytes:
+    """A JSON array of activities, joined from their stored bytes."""
+    return b"[" + b",".join(a.json for a in activities) + b"]"

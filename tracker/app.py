@@ -1,0 +1,39 @@
+"""make_app: the one place that joins every route to the service, hub and settings."""
+
+from __future__ import annotations
+
+import tornado.web
+
+from .config import Settings
+from .handlers import dashboard, live, metrics
+from .handlers.base import NotFoundHandler
+from .handlers.dashboard import STATIC_DIR
+from .hub import LiveHub
+from .service import ActivityService
+
+DASHBOARD_PATH = "/api/ui-dashboard/metrics-dashboard-ui"
+
+
+def make_app(service: ActivityService, hub: LiveHub, settings: Settings) -> tornado.web.Application:
+    """Build the Tornado application; run.py and every test use this."""
+    handlers = [
+        *metrics.routes(service, settings.max_body_size),
+        *live.routes(hub, settings.allowed_origins),
+        *dashboard.routes(),
+    ]
+    return tornado.web.Application(
+        handlers,
+        default_handler_class=NotFoundHandler,
+        default_handler_args={"max_body_size": settings.max_body_size},
+        static_path=str(STATIC_DIR),
+        websocket_ping_interval=settings.ws_ping_interval,
+        websocket_ping_timeout=settings.ws_ping_interval * 2,
+        serve_traceback=False,
+    )
+
+
+def build(settings: Settings) -> tuple[ActivityService, LiveHub, tornado.web.Application]:
+    """Service, hub and application for the given settings."""
+    service = ActivityService(settings.capacity)
+    hub = LiveHub(service, max_backlog=settings.ws_max_backlog)
+    return service, hub, make_app(service, hub, settings)

@@ -1,0 +1,1 @@
+"""HTTP and WebSocket handlers: thin layers over the activity service and the live hub."""

@@ -1,0 +1,218 @@
+"""LiveHub: fans new activities out to live clients, coalescing, bounded, resumable."""
+
+from __future__ import annotations
+
+import json
+import struct
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Protocol
+
+from tornado.ioloop import IOLoop
+
+from .activity import Activity
+from .service import ActivityService
+
+# Close code for a client whose backlog passed the bound (4000-4999: application codes).
+CLOSE_TOO_SLOW = 4008
+CLOSE_GOING_AWAY = 1001
+
+
+class LiveClient(Protocol):
+    """What the hub needs of a connection: write a ready frame, and close."""
+
+    def send_frame(self, frame: bytes) -> Pending | bool | None:
+        """Write the frame: None if the connection is gone, True if the kernel took it
+        all, else a pending write that completes when it has.
+        """
+
+    def close(self, code: int | None = None, reason: str | None = None) -> None:
+        """Close the connection with a WebSocket close code."""
+
+
+class Pending(Protocol):
+    """A write the kernel has not taken yet; tells the hub when it has."""
+
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None: ...
+
+
+def text_frame(payload: bytes) -> bytes:
+    """A final, unmasked WebSocket text frame: the same bytes serve every client."""
+    size = len(payload)
+    if size < 126:
+        header = struct.pack("!BB", 0x81, size)
+    elif size <= 0xFFFF:
+        header = struct.pack("!BBH", 0x81, 126, size)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, size)
+    return header + payload
+
+
+def activities_message(activities: Sequence[Activity]) -> bytes:
+    """{"type": "activities", "items": [...]}, joined from each activity's stored JSON."""
+    return b'{"type":"activities","items":[' + b",".join(a.json for a in activities) + b"]}"
+
+
+def control_message(kind: str, **fields: Any) -> bytes:
+    """A small JSON message such as hello or reset."""
+    return json.dumps({"type": kind, **fields}, separators=(",", ":")).encode()
+
+
+Predicate = Callable[[Activity], bool]
+
+
+@dataclass(eq=False)
+class Subscription:
+    """One connected client: what it has been sent and what waits for it."""
+
+    client: LiveClient
+    predicate: Predicate | None = None
+    # Activities up to this id went out with the connect-time backlog: skip them live.
+    after_id: int = 0
+    busy: bool = False
+    backlog: list[Activity] = field(default_factory=list)
+
+
+class LiveHub:
+    """Subscribes to the service and delivers every new activity to every live client."""
+
+    def __init__(self, service: ActivityService, *, max_backlog: int = 10_000) -> None:
+        self.service = service
+        self.max_backlog = max_backlog
+        # The largest backlog any client has held, for tests and monitoring.
+        self.peak_backlog = 0
+        self.dropped_slow = 0
+        self._subs: dict[LiveClient, Subscription] = {}
+        self._pending: list[Activity] = []
+        self._scheduled = False
+        self._lock = threading.Lock()
+        self._loop: IOLoop | None = None
+        self._unsubscribe = service.subscribe(self._on_recorded)
+
+    @property
+    def client_count(self) -> int:
+        """How many clients are attached."""
+        return len(self._subs)
+
+    # -- from any thread, under the service lock, in id order ---------------------------
+
+    def _on_recorded(self, activities: Sequence[Activity]) -> None:
+        if not self._subs:
+            return  # nobody listens: ingest pays nothing for the live feed
+        with self._lock:
+            self._pending.extend(activities)
+            if self._scheduled:
+                return
+            self._scheduled = True
+        # The only thread-safe way onto the IOLoop; one hop per batch, not per activity.
+        assert self._loop is not None
+        self._loop.add_callback(self._flush)
+
+    # -- on the IOLoop ------------------------------------------------------------------
+
+    def attach(
+        self,
+        client: LiveClient,
+        *,
+        since: int | None = None,
+        store_id: str | None = None,
+        predicate: Predicate | None = None,
+    ) -> None:
+        """Greet a new client, replay what it missed since `since`, then keep it live."""
+        self._loop = IOLoop.current()
+        sub = Subscription(client, predicate)
+        # Attach before reading the buffer: anything recorded later reaches the queue.
+        self._subs[client] = sub
+        oldest, last = self.service.position()
+        sub.after_id = last
+        hello = control_message(
+            "hello", store_id=self.service.store_id, last_id=last, oldest_id=oldest
+        )
+        if client.send_frame(text_frame(hello)) is None:
+            self.detach(client)
+            return
+        if since is None:
+            return
+        replay, complete = self.service.after(since)
+        if store_id is not None and store_id != self.service.store_id:
+            reason, replay = "store_changed", self.service.recent(self.service.capacity)
+        elif since > last:
+            reason, replay = "ahead", self.service.recent(self.service.capacity)
+        elif not complete:
+            reason = "evicted"
+        else:
+            reason = None
+        if reason is not None:
+            client.send_frame(text_frame(control_message("reset", reason=reason)))
+        # Later ones come through the live queue, which skips ids up to `last`.
+        replay = [a for a in replay if a.id <= last]
+        if predicate is not None:
+            replay = [a for a in replay if predicate(a)]
+        if replay:
+            self._send(sub, text_frame(activities_message(replay)))
+
+    def detach(self, client: LiveClient) -> None:
+        """Forget a client (it closed, or was dropped)."""
+        self._subs.pop(client, None)
+
+    def close_all(self, code: int = CLOSE_GOING_AWAY, reason: str = "server shutting down") -> None:
+        """Close every client, as on shutdown."""
+        for client in list(self._subs):
+            self.detach(client)
+            client.close(code, reason)
+
+    def _flush(self) -> None:
+        with self._lock:
+            batch, self._pending = self._pending, []
+            self._scheduled = False
+        if not batch:
+            return
+        shared: bytes | None = None
+        first_id = batch[0].id
+        for sub in list(self._subs.values()):
+            items: Sequence[Activity] = batch
+            if sub.after_id >= first_id:
+                items = [a for a in batch if a.id > sub.after_id]
+            if sub.predicate is not None:
+                items = [a for a in items if sub.predicate(a)]
+            if not items:
+                continue
+            if sub.busy:
+                self._queue(sub, items)
+            elif items is batch:
+                if shared is None:
+                    shared = text_frame(activities_message(batch))
+                self._send(sub, shared)
+            else:
+                self._send(sub, text_frame(activities_message(items)))
+
+    def _queue(self, sub: Subscription, items: Sequence[Activity]) -> None:
+        if len(sub.backlog) + len(items) > self.max_backlog:
+            self.dropped_slow += 1
+            self.detach(sub.client)
+            sub.backlog = []
+            sub.client.close(CLOSE_TOO_SLOW, "too slow: backlog limit reached")
+            return
+        sub.backlog.extend(items)
+        self.peak_backlog = max(self.peak_backlog, len(sub.backlog))
+
+    def _send(self, sub: Subscription, frame: bytes) -> None:
+        pending = sub.client.send_frame(frame)
+        if pending is None:
+            self.detach(sub.client)
+            return
+        if pending is not True:
+            # The kernel has not taken it all: coalesce into a backlog until it has.
+            sub.busy = True
+            pending.add_done_callback(partial(self._sent, sub))
+
+    def _sent(self, sub: Subscription, result: Any) -> None:
+        sub.busy = False
+        if result.exception() is not None or sub.client not in self._subs:
+            self.detach(sub.client)
+            return
+        if sub.backlog:
+            items, sub.backlog = sub.backlog, []
+            self._send(sub, text_frame(activities_message(items)))

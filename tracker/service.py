@@ -1,0 +1,96 @@
+"""ActivityService: the ring buffer of recent activities, ids, and the subscription seam."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections import deque
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+
+from .activity import Activity, ActivityInput
+
+# Called with each newly recorded run of activities, in id order, under the service lock:
+# a subscriber must only hand the activities on (the hub queues them), never block.
+Subscriber = Callable[[Sequence[Activity]], None]
+
+
+class ActivityService:
+    """Records activities thread-safely and answers "the N most recent"."""
+
+    def __init__(self, capacity: int = 1000, *, store_id: str | None = None) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self.capacity = capacity
+        # Changes whenever the history does not carry over, so clients can tell a restart.
+        self.store_id = store_id or uuid.uuid4().hex
+        self._buffer: deque[Activity] = deque(maxlen=capacity)
+        self._last_id = 0
+        self._lock = threading.Lock()
+        self._subscribers: list[Subscriber] = []
+
+    @property
+    def last_id(self) -> int:
+        """The id of the newest activity ever recorded (0 before the first)."""
+        return self._last_id
+
+    def record(self, data: ActivityInput) -> Activity:
+        """Assign id and timestamp, keep the activity, and tell subscribers."""
+        with self._lock:
+            self._last_id += 1
+            activity = Activity.create(self._last_id, data, datetime.now(timezone.utc))
+            self._buffer.append(activity)
+            for subscriber in self._subscribers:
+                subscriber((activity,))
+        return activity
+
+    def record_many(self, items: Sequence[ActivityInput]) -> list[Activity]:
+        """Record several activities with consecutive ids, told to subscribers as one run."""
+        if not items:
+            return []
+        with self._lock:
+            now = datetime.now(timezone.utc)
+            first = self._last_id + 1
+            activities = [Activity.create(first + i, data, now) for i, data in enumerate(items)]
+            self._last_id += len(items)
+            self._buffer.extend(activities)
+            for subscriber in self._subscribers:
+                subscriber(activities)
+        return activities
+
+    def recent(self, limit: int) -> list[Activity]:
+        """The `limit` most recent activities, oldest first."""
+        with self._lock:
+            size = len(self._buffer)
+            count = min(max(limit, 0), size)
+            # Index from the right end: a deque reaches its ends in O(1).
+            return [self._buffer[i] for i in range(size - count, size)]
+
+    def position(self) -> tuple[int, int]:
+        """(oldest id held, newest id recorded); oldest is last + 1 when empty."""
+        with self._lock:
+            oldest = self._buffer[0].id if self._buffer else self._last_id + 1
+            return oldest, self._last_id
+
+    def after(self, since: int) -> tuple[list[Activity], bool]:
+        """Activities with id > since, and whether all of them are still held."""
+        with self._lock:
+            if not self._buffer:
+                return [], since >= self._last_id
+            oldest = self._buffer[0].id
+            # Ids in the buffer are consecutive, so the start is found by arithmetic.
+            start = max(since - oldest + 1, 0)
+            held = [self._buffer[i] for i in range(start, len(self._buffer))]
+            return held, since >= oldest - 1
+
+    def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
+        """Call `subscriber` with every new run of activities; returns the unsubscribe."""
+        with self._lock:
+            self._subscribers.append(subscriber)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if subscriber in self._subscribers:
+                    self._subscribers.remove(subscriber)
+
+        return unsubscribe
