@@ -21,8 +21,8 @@ setup(
         "test": [
             "pytest>=8,<10",
             "pytest-tornado==0.8.1",
-            # pytest-tornado imports pkg_resources: gone in 82, a warning from 81.
-            "setuptools>=70,<81",
+            # pytest-tornado imports pkg_resources: gone in 82, a loud UserWarning from 80.9.
+            "setuptools>=70,<80.9",
             "playwright>=1.45,<2",
             "ruff>=0.6,<1",
         ],

@@ -15,8 +15,10 @@ from tracker.service import ActivityService
 
 
 @pytest.fixture
-def settings() -> Settings:
-    return Settings()
+def settings(request: pytest.FixtureRequest) -> Settings:
+    """Defaults, changed by a test's @pytest.mark.settings(name=value, ...)."""
+    marker = request.node.get_closest_marker("settings")
+    return Settings(**(marker.kwargs if marker else {}))
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ def make_app(service: ActivityService, hub: LiveHub, settings: Settings) -> torn
         default_handler_args={"max_body_size": settings.max_body_size},
         static_path=str(STATIC_DIR),
         websocket_ping_interval=settings.ws_ping_interval,
-        websocket_ping_timeout=settings.ws_ping_interval * 2,
+        websocket_ping_timeout=settings.ws_ping_interval,
         serve_traceback=False,
     )
 

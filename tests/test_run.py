@@ -1,0 +1,105 @@
+"""`python run.py` as a user starts it: flags, the printed URL, a clean stop on signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tracker.config import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start(*args: str, env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """Start run.py and wait for the line with the dashboard URL."""
+    proc = subprocess.Popen(
+        [sys.executable, "run.py", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert "http://" in line, (line, proc.stderr.read() if proc.poll() is not None else "")
+    return proc, line.strip().split()[-1]
+
+
+def test_help_lists_every_flag() -> None:
+    out = subprocess.run(
+        [sys.executable, "run.py", "--help"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    for name in Settings.__dataclass_fields__:
+        flag = "--" + name.replace("_", "-")
+        assert flag in out, flag
+        assert "TRACKER_" + name.upper() in out
+
+
+def test_flags_beat_environment_which_beats_defaults() -> None:
+    env = {"TRACKER_PORT": "9001", "TRACKER_CAPACITY": "50", "TRACKER_ALLOWED_ORIGINS": "a, b"}
+    settings = load_settings(["--port", "9002"], env)
+    assert settings.port == 9002 and settings.capacity == 50
+    assert settings.allowed_origins == ("a", "b")
+    assert load_settings([], {}) == Settings()
+
+
+@pytest.mark.parametrize("argv", [["--capacity", "0"], ["--capacity", "x"], ["--port", "p"]])
+def test_bad_flag_values_exit_with_usage(argv: list[str]) -> None:
+    result = subprocess.run(
+        [sys.executable, "run.py", *argv], cwd=ROOT, capture_output=True, text=True, timeout=20
+    )
+    assert result.returncode == 2
+    assert "usage:" in result.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_server_records_then_exits_zero_on_signal(sig: signal.Signals) -> None:
+    port = free_port()
+    proc, url = start("--port", str(port))
+    try:
+        assert url == f"http://localhost:{port}/api/ui-dashboard/metrics-dashboard-ui"
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/metrics/track?user_id=user_123&action=login",
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert json.load(response)["id"] == 1
+        with urllib.request.urlopen(url.replace("localhost", "127.0.0.1"), timeout=5) as page:
+            assert b"Activity Tracking" in page.read()
+        proc.send_signal(sig)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_port_in_use_is_a_one_line_error() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "run.py", "--port", str(port)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr

@@ -1,0 +1,179 @@
+// The metrics dashboard: wires the form, the live log, Pause and Refresh together.
+// Plain ES modules, no build step; every value reaches the page as text.
+
+import { ActivityLog, MAX_ROWS } from "./activity-log.js";
+import { LiveFeed } from "./live-feed.js";
+
+const $ = (id) => document.getElementById(id);
+
+const form = $("track-form");
+const fields = { user_id: $("user-id"), action: $("action"), details: $("details") };
+const submitButton = $("submit");
+const formError = $("form-error");
+const formStatus = $("form-status");
+const list = $("activity-log");
+const emptyNote = $("log-empty");
+const summary = $("log-summary");
+const pending = $("pending-count");
+const pauseButton = $("pause");
+const refreshButton = $("refresh");
+const logError = $("log-error");
+const connection = $("connection-state");
+const connectionText = $("connection-text");
+
+const count = new Intl.NumberFormat();
+
+const STATE_TEXT = {
+  connecting: "Connecting…",
+  live: "Live",
+  reconnecting: "Reconnecting…",
+  offline: "Offline · retrying",
+};
+
+list.dataset.maxRows = String(MAX_ROWS);
+$("curl-example").textContent = [
+  "curl -d user_id=user_123 \\",
+  "     -d action=login \\",
+  `     ${location.origin}/api/metrics/track`,
+].join("\n");
+
+const log = new ActivityLog(list, {
+  onRender(current) {
+    const rows = list.childElementCount;
+    emptyNote.hidden = rows > 0;
+    summary.textContent =
+      rows === 0 ? "" : rows >= MAX_ROWS ? `newest ${count.format(rows)}` : `${count.format(rows)} shown`;
+    pending.hidden = !current.paused;
+    pending.textContent = `${count.format(current.newWhilePaused)} new`;
+  },
+});
+
+const feed = new LiveFeed({
+  onState(state) {
+    connection.dataset.state = state;
+    connectionText.textContent = STATE_TEXT[state] ?? state;
+  },
+  onReset: () => log.reset(),
+  onActivities: (items) => log.merge(items),
+});
+
+/** The error object of the server's JSON error body, or one holding `fallback`. */
+async function serverError(response, fallback) {
+  try {
+    const body = await response.json();
+    if (body && body.error && typeof body.error.message === "string") return body.error;
+  } catch {
+    // not JSON: use the fallback
+  }
+  return { message: fallback };
+}
+
+// -- the form --------------------------------------------------------------------------
+
+let statusTimer = 0;
+
+function clearFormError() {
+  formError.hidden = true;
+  formError.textContent = "";
+  for (const input of Object.values(fields)) input.removeAttribute("aria-invalid");
+}
+
+function showFormError(message, field) {
+  formError.textContent = message;
+  formError.hidden = false;
+  const input = fields[field];
+  if (input) {
+    input.setAttribute("aria-invalid", "true");
+    input.focus();
+  }
+}
+
+form.addEventListener("submit", async (event) => {
+  event.preventDefault();
+  if (submitButton.disabled) return;
+  clearFormError();
+  formStatus.textContent = "";
+  // Sent exactly as typed: the server decides what is valid and says why not.
+  const details = fields.details.value;
+  const body = {
+    user_id: fields.user_id.value,
+    action: fields.action.value,
+    details: details === "" ? null : details,
+  };
+  submitButton.disabled = true;
+  form.setAttribute("aria-busy", "true");
+  try {
+    const response = await fetch("/api/metrics/track", {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Accept: "application/json" },
+      body: JSON.stringify(body),
+    });
+    if (!response.ok) {
+      const error = await serverError(response, `The server refused it (HTTP ${response.status}).`);
+      showFormError(error.message, error.field);
+      return;
+    }
+    const activity = await response.json();
+    // Shown at once, even if the live feed is down; the feed's copy merges by id.
+    log.merge([activity]);
+    // Keep the user (people record several things in a row); clear what was said.
+    fields.action.value = "";
+    fields.details.value = "";
+    fields.action.focus();
+    formStatus.textContent = `Recorded #${activity.id}.`;
+    clearTimeout(statusTimer);
+    statusTimer = setTimeout(() => (formStatus.textContent = ""), 4000);
+  } catch {
+    showFormError("Could not reach the server. Check the connection and try again.");
+  } finally {
+    submitButton.disabled = false;
+    form.removeAttribute("aria-busy");
+  }
+});
+
+for (const input of Object.values(fields)) {
+  input.addEventListener("input", () => {
+    if (input.getAttribute("aria-invalid") === "true") clearFormError();
+  });
+}
+
+// -- Pause and Refresh -------------------------------------------------------------------
+
+pauseButton.addEventListener("click", () => {
+  if (log.paused) log.resume();
+  else log.pause();
+  pauseButton.textContent = log.paused ? "Resume" : "Pause";
+  pauseButton.setAttribute("aria-pressed", String(log.paused));
+  list.closest(".log-card").classList.toggle("is-paused", log.paused);
+});
+
+refreshButton.addEventListener("click", async () => {
+  refreshButton.disabled = true;
+  logError.hidden = true;
+  // A Refresh while the feed is down is also a "try now".
+  feed.reconnectNow();
+  try {
+    const response = await fetch(`/api/metrics/activities?limit=${MAX_ROWS}`, {
+      headers: { Accept: "application/json" },
+      cache: "no-store",
+    });
+    if (!response.ok) {
+      const error = await serverError(response, `HTTP ${response.status}`);
+      throw new Error(error.message);
+    }
+    const items = await response.json();
+    // While live, anything newer than the list came over the feed after it was read.
+    log.replace(items, feed.live);
+  } catch (error) {
+    logError.textContent =
+      error instanceof TypeError
+        ? "Could not reload the log: the server cannot be reached."
+        : `Could not reload the log: ${error.message}`;
+    logError.hidden = false;
+  } finally {
+    refreshButton.disabled = false;
+  }
+});
+
+log.render();
+feed.start();
