@@ -77,6 +77,6 @@ def error_of(response: HTTPResponse) -> dict:
     error = body["error"]
     assert error["status"] == response.code
     assert isinstance(error["message"], str) and error["message"]
-    assert set(error) <= {"status", "message", "field"}
+    assert set(error) <= {"status", "message", "field", "index"}
     assert "Traceback" not in response.body.decode()
     return error

@@ -17,7 +17,7 @@ DASHBOARD_PATH = "/api/ui-dashboard/metrics-dashboard-ui"
 def make_app(service: ActivityService, hub: LiveHub, settings: Settings) -> tornado.web.Application:
     """Build the Tornado application; run.py and every test use this."""
     handlers = [
-        *metrics.routes(service, settings.max_body_size),
+        *metrics.routes(service, settings.max_body_size, settings.max_batch),
         *live.routes(hub, settings.allowed_origins),
         *dashboard.routes(),
     ]

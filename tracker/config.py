@@ -20,6 +20,10 @@ class Settings:
         default=1024 * 1024,
         metadata={"help": "largest request body in bytes; larger ones get 413"},
     )
+    max_batch: int = field(
+        default=1000,
+        metadata={"help": "most activities in one POST /api/metrics/track/batch"},
+    )
     allowed_origins: tuple[str, ...] = field(
         default=(),
         metadata={

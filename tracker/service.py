@@ -5,10 +5,12 @@ from __future__ import annotations
 import threading
 import uuid
 from collections import deque
-from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
+from collections.abc import Callable, Iterator, Sequence
+from itertools import chain
+from typing import Any
 
-from .activity import Activity, ActivityInput
+from .activity import Activity, ActivityInput, now_timestamp
+from .query import Query, summarize
 
 # Called with each newly recorded run of activities, in id order, under the service lock:
 # a subscriber must only hand the activities on (the hub queues them), never block.
@@ -38,7 +40,7 @@ class ActivityService:
         """Assign id and timestamp, keep the activity, and tell subscribers."""
         with self._lock:
             self._last_id += 1
-            activity = Activity.create(self._last_id, data, datetime.now(timezone.utc))
+            activity = Activity.create(self._last_id, data, now_timestamp())
             self._buffer.append(activity)
             for subscriber in self._subscribers:
                 subscriber((activity,))
@@ -49,7 +51,7 @@ class ActivityService:
         if not items:
             return []
         with self._lock:
-            now = datetime.now(timezone.utc)
+            now = now_timestamp()
             first = self._last_id + 1
             activities = [Activity.create(first + i, data, now) for i, data in enumerate(items)]
             self._last_id += len(items)
@@ -60,11 +62,37 @@ class ActivityService:
 
     def recent(self, limit: int) -> list[Activity]:
         """The `limit` most recent activities, oldest first."""
+        return self.query(Query(limit=max(limit, 0)))
+
+    def query(self, query: Query) -> list[Activity]:
+        """The newest `query.limit` activities that match (all if no limit), oldest first."""
         with self._lock:
-            size = len(self._buffer)
-            count = min(max(limit, 0), size)
-            # Index from the right end: a deque reaches its ends in O(1).
-            return [self._buffer[i] for i in range(size - count, size)]
+            if not query.filtered:
+                size = len(self._buffer)
+                count = size if query.limit is None else min(query.limit, size)
+                # Index from the right end: a deque reaches its ends in O(1).
+                return [self._buffer[i] for i in range(size - count, size)]
+            snapshot = list(self._buffer)
+        found: list[Activity] = []
+        wanted = len(snapshot) if query.limit is None else query.limit
+        # Newest first, so a small limit stops early; outside the lock, on a snapshot.
+        for activity in reversed(snapshot):
+            if len(found) >= wanted:
+                break
+            if query.matches(activity):
+                found.append(activity)
+        found.reverse()
+        return found
+
+    def scan(self, query: Query, chunk: int = 500) -> Iterator[list[Activity]]:
+        """What query() returns, in chunks, oldest first (for streaming exports)."""
+        found = self.query(query)
+        for start in range(0, len(found), chunk):
+            yield found[start : start + chunk]
+
+    def summary(self, query: Query, top: int) -> dict[str, Any]:
+        """Totals, top actions and users, and the per-minute series of what matches."""
+        return summarize(chain.from_iterable(self.scan(query)), top)
 
     def position(self) -> tuple[int, int]:
         """(oldest id held, newest id recorded); oldest is last + 1 when empty."""

@@ -3,32 +3,15 @@
 from __future__ import annotations
 
 import json
-from http import HTTPStatus
 from typing import Any
 
 import tornado.web
 
 from ..activity import FIELDS, ActivityInput, ValidationError, validate
+from . import params
+from .errors import JSON_TYPE, ApiError, error_body
 
-JSON_TYPE = "application/json; charset=UTF-8"
 FIELD_NAMES = tuple(name for name, _, _ in FIELDS)
-
-
-class ApiError(tornado.web.HTTPError):
-    """An HTTP error whose message and field reach the client in the JSON error body."""
-
-    def __init__(self, status: int, message: str, field: str | None = None) -> None:
-        super().__init__(status, reason=HTTPStatus(status).phrase)
-        self.message = message
-        self.field = field
-
-
-def error_body(status: int, message: str, field: str | None = None) -> bytes:
-    """The one error shape every endpoint (and the live feed's refusals) uses."""
-    error: dict[str, Any] = {"status": status, "message": message}
-    if field is not None:
-        error["field"] = field
-    return json.dumps({"error": error}).encode()
 
 
 class APIHandler(tornado.web.RequestHandler):
@@ -53,9 +36,9 @@ class APIHandler(tornado.web.RequestHandler):
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
-        field = None
+        field = index = None
         if isinstance(exc, ApiError):
-            message, field = exc.message, exc.field
+            message, field, index = exc.message, exc.field, exc.index
         elif isinstance(exc, tornado.web.HTTPError) and exc.log_message and status_code < 500:
             message = exc.log_message % exc.args if exc.args else exc.log_message
         elif status_code >= 500:
@@ -63,29 +46,22 @@ class APIHandler(tornado.web.RequestHandler):
         else:
             message = self._reason.lower()
         self.set_header("Content-Type", JSON_TYPE)
-        self.finish(error_body(status_code, message, field))
+        self.finish(error_body(status_code, message, field, index))
 
-    def json_body(self) -> dict[str, Any]:
-        """The request body as a JSON object, or a 400 that says what is wrong."""
+    def json_body(self, kind: type = dict) -> Any:
+        """The request body as a JSON object (or array), or a 400 that says what is wrong."""
         try:
             value = json.loads(self.request.body)
         except (ValueError, RecursionError):
             raise ApiError(400, "request body is not valid JSON") from None
-        if not isinstance(value, dict):
-            raise ApiError(400, "request body must be a JSON object")
+        if not isinstance(value, kind):
+            name = "an object" if kind is dict else "an array"
+            raise ApiError(400, f"request body must be a JSON {name}")
         return value
 
     def argument(self, name: str) -> str | None:
         """One query-string or form value, exactly as sent; a repeated name is an error."""
-        raw = self.request.arguments.get(name)
-        if not raw:
-            return None
-        if len(raw) > 1:
-            raise ApiError(400, f"{name} must be given once", name)
-        try:
-            return raw[0].decode("utf-8")
-        except UnicodeDecodeError:
-            raise ApiError(400, f"{name} is not valid UTF-8", name) from None
+        return params.single(self.request.arguments, name)
 
     def has_json_body(self) -> bool:
         """True when the body is declared as JSON and is not empty."""
@@ -103,12 +79,13 @@ class APIHandler(tornado.web.RequestHandler):
         return self.validated(values)
 
     @staticmethod
-    def validated(values: dict[str, Any], prefix: str = "") -> ActivityInput:
+    def validated(values: dict[str, Any], index: int | None = None) -> ActivityInput:
         """Validate fields, turning a ValidationError into a 400 naming the field."""
         try:
             return validate(values)
         except ValidationError as exc:
-            raise ApiError(400, prefix + exc.message, exc.field) from None
+            prefix = "" if index is None else f"item {index}: "
+            raise ApiError(400, prefix + exc.message, exc.field, index) from None
 
 
 class NotFoundHandler(APIHandler):

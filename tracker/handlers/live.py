@@ -9,7 +9,9 @@ import tornado.websocket
 from tornado.iostream import StreamClosedError
 
 from ..hub import LiveHub
-from .base import JSON_TYPE, error_body
+from ..query import Query
+from . import params
+from .errors import JSON_TYPE, ApiError, error_body
 
 
 class LiveHandler(tornado.websocket.WebSocketHandler):
@@ -19,6 +21,8 @@ class LiveHandler(tornado.websocket.WebSocketHandler):
         self.hub = hub
         self.allowed_origins = {o.rstrip("/").lower() for o in allowed_origins}
         self.since: int | None = None
+        self.store: str | None = None
+        self.filters = Query()
 
     def _refuse(self, status: int, message: str, field: str | None = None) -> None:
         self.set_status(status)
@@ -26,11 +30,17 @@ class LiveHandler(tornado.websocket.WebSocketHandler):
         self.finish(error_body(status, message, field))
 
     async def get(self, *args: Any, **kwargs: Any) -> None:
-        raw = self.get_query_argument("since", None)
-        if raw is not None:
-            if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
-                return self._refuse(400, "since must be a non-negative integer", "since")
-            self.since = int(raw)
+        # Refuse bad parameters with the JSON error before the upgrade, not after.
+        args_ = self.request.query_arguments
+        try:
+            self.since = params.count(args_, "since", None, None)
+            self.store = params.single(args_, "store")
+            self.filters = Query(
+                user_ids=params.filter_values(args_, "user_id"),
+                actions=params.filter_values(args_, "action"),
+            )
+        except ApiError as exc:
+            return self._refuse(exc.status_code, exc.message, exc.field)
         await super().get(*args, **kwargs)
 
     def check_origin(self, origin: str) -> bool:
@@ -44,8 +54,8 @@ class LiveHandler(tornado.websocket.WebSocketHandler):
         return None
 
     def open(self, *args: Any, **kwargs: Any) -> None:
-        store = self.get_query_argument("store", None)
-        self.hub.attach(self, since=self.since, store_id=store)
+        predicate = self.filters.matches if self.filters.filtered else None
+        self.hub.attach(self, since=self.since, store_id=self.store, predicate=predicate)
 
     def on_message(self, message: str | bytes) -> None:
         # The feed is one-way; anything a client sends is ignored.

@@ -1,35 +1,37 @@
-"""REST endpoints: record an activity, list the recent ones."""
+"""REST endpoints: record one or a batch, list with filters, summarize, export."""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
+from datetime import datetime, timezone
 from typing import Any
 
-from ..activity import encode_list
+from tornado.iostream import StreamClosedError
+
+from ..activity import Activity, encode_list
 from ..service import ActivityService
-from .base import ApiError, APIHandler
+from . import params
+from .base import FIELD_NAMES, APIHandler
+from .errors import ApiError
 
 DEFAULT_LIMIT = 100
-# More digits than any capacity needs; longer strings are clamped without int() on them.
-_LIMIT_DIGITS = 18
-
-
-def parse_limit(raw: str | None, capacity: int, default: int = DEFAULT_LIMIT) -> int:
-    """A non-negative integer, clamped to the capacity; anything else is a 400."""
-    if raw is None:
-        return min(default, capacity)
-    if not (raw.isascii() and raw.isdigit()):
-        raise ApiError(400, "limit must be a non-negative integer", "limit")
-    if len(raw) > _LIMIT_DIGITS:
-        return capacity
-    return min(int(raw), capacity)
+DEFAULT_TOP = 10
+EXPORT_COLUMNS = ("id", "user_id", "action", "timestamp", "details")
+# Spreadsheets run a cell starting with one of these as a formula (CSV injection).
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
 
 class MetricsHandler(APIHandler):
     """An API handler with the activity service."""
 
-    def initialize(self, service: ActivityService, **kwargs: Any) -> None:  # type: ignore[override]
+    def initialize(  # type: ignore[override]
+        self, service: ActivityService, max_batch: int = 1000, **kwargs: Any
+    ) -> None:
         super().initialize(**kwargs)
         self.service = service
+        self.max_batch = max_batch
 
 
 class TrackHandler(MetricsHandler):
@@ -40,18 +42,101 @@ class TrackHandler(MetricsHandler):
         self.write_json(activity.json)
 
 
+class BatchHandler(MetricsHandler):
+    """POST /api/metrics/track/batch: a JSON array, all validated before any is recorded."""
+
+    def post(self) -> None:
+        items = self.json_body(list)
+        if not items:
+            raise ApiError(400, "batch is empty")
+        if len(items) > self.max_batch:
+            raise ApiError(400, f"batch has {len(items)} items; at most {self.max_batch}")
+        inputs = []
+        for index, item in enumerate(items):
+            if not isinstance(item, dict):
+                raise ApiError(400, f"item {index}: must be a JSON object", None, index)
+            values = {name: item.get(name) for name in FIELD_NAMES}
+            inputs.append(self.validated(values, index))
+        recorded = self.service.record_many(inputs)
+        self.write_json(b'{"count":%d,"items":%s}' % (len(recorded), encode_list(recorded)))
+
+
 class ActivitiesHandler(MetricsHandler):
-    """GET /api/metrics/activities: the most recent activities, oldest first."""
+    """GET /api/metrics/activities: the newest matching activities, oldest first."""
 
     def get(self) -> None:
-        limit = parse_limit(self.argument("limit"), self.service.capacity)
-        self.write_json(encode_list(self.service.recent(limit)))
+        query = params.query(
+            self.request.arguments, default_limit=DEFAULT_LIMIT, cap=self.service.capacity
+        )
+        self.write_json(encode_list(self.service.query(query)))
 
 
-def routes(service: ActivityService, max_body_size: int) -> list[tuple[str, type, dict]]:
+class SummaryHandler(MetricsHandler):
+    """GET /api/metrics/summary: totals, top actions and users, per-minute counts."""
+
+    def get(self) -> None:
+        args = self.request.arguments
+        query = params.query(args, default_limit=None, cap=None)
+        top = params.count(args, "top", DEFAULT_TOP, 1000)
+        assert top is not None
+        self.write_json(json.dumps(self.service.summary(query, top)).encode())
+
+
+def csv_safe(value: str | None) -> str:
+    """The cell text, with a leading quote where a spreadsheet would see a formula."""
+    if value is None:
+        return ""
+    return "'" + value if value.startswith(FORMULA_PREFIXES) else value
+
+
+def csv_rows(activities: list[Activity]) -> bytes:
+    """CSV lines for a chunk of activities, each text cell neutralised."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    for a in activities:
+        writer.writerow(
+            (a.id, csv_safe(a.user_id), csv_safe(a.action), a.timestamp, csv_safe(a.details))
+        )
+    return out.getvalue().encode()
+
+
+class ExportHandler(MetricsHandler):
+    """GET /api/metrics/export?format=csv|ndjson: every match, streamed in chunks."""
+
+    async def get(self) -> None:
+        args = self.request.arguments
+        fmt = params.single(args, "format") or "csv"
+        if fmt not in ("csv", "ndjson"):
+            raise ApiError(400, "format must be csv or ndjson", "format")
+        query = params.query(args, default_limit=None, cap=None)
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        media = "text/csv; charset=UTF-8" if fmt == "csv" else "application/x-ndjson"
+        self.set_header("Content-Type", media)
+        self.set_header("Content-Disposition", f'attachment; filename="activities-{stamp}.{fmt}"')
+        if fmt == "csv":
+            self.write(",".join(EXPORT_COLUMNS).encode() + b"\r\n")
+        for chunk in self.service.scan(query):
+            if fmt == "csv":
+                self.write(csv_rows(chunk))
+            else:
+                self.write(b"\n".join(a.json for a in chunk) + b"\n")
+            try:
+                # Hand each chunk to the socket before making the next: memory stays flat.
+                await self.flush()
+            except StreamClosedError:
+                return  # the client went away; nothing left to tell it
+        self.finish()
+
+
+def routes(
+    service: ActivityService, max_body_size: int, max_batch: int
+) -> list[tuple[str, type, dict]]:
     """The REST routes, with what their handlers need."""
-    deps = {"service": service, "max_body_size": max_body_size}
+    deps = {"service": service, "max_body_size": max_body_size, "max_batch": max_batch}
     return [
         (r"/api/metrics/track", TrackHandler, deps),
+        (r"/api/metrics/track/batch", BatchHandler, deps),
         (r"/api/metrics/activities", ActivitiesHandler, deps),
+        (r"/api/metrics/summary", SummaryHandler, deps),
+        (r"/api/metrics/export", ExportHandler, deps),
     ]

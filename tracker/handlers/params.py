@@ -1,0 +1,92 @@
+"""Query-string parsing shared by every reader: limits, filters, ids, times."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+
+from ..query import Query, canonical_time
+from .errors import ApiError
+
+Arguments = dict[str, list[bytes]]
+
+# More digits than any count needs; longer strings are clamped without int() on them.
+_MAX_DIGITS = 18
+# A "+HH:MM" offset whose "+" arrived unescaped in a URL and was decoded as a space.
+_SPACED_OFFSET = re.compile(r" (\d\d:?\d\d)$")
+
+
+def values(args: Arguments, name: str) -> list[str]:
+    """Every value of a repeatable parameter, decoded exactly as sent."""
+    try:
+        return [raw.decode("utf-8") for raw in args.get(name, [])]
+    except UnicodeDecodeError:
+        raise ApiError(400, f"{name} is not valid UTF-8", name) from None
+
+
+def filter_values(args: Arguments, name: str) -> frozenset[str]:
+    """A repeatable filter ("any of"); an empty value is an error, not "match nothing"."""
+    found = values(args, name)
+    if any(not value for value in found):
+        raise ApiError(400, f"{name} filter must not be empty", name)
+    return frozenset(found)
+
+
+def single(args: Arguments, name: str) -> str | None:
+    """One value; a repeated name is an error."""
+    found = values(args, name)
+    if len(found) > 1:
+        raise ApiError(400, f"{name} must be given once", name)
+    return found[0] if found else None
+
+
+def count(args: Arguments, name: str, default: int | None, cap: int | None) -> int | None:
+    """A non-negative integer, clamped to `cap`; anything else is a 400."""
+    raw = single(args, name)
+    if raw is None:
+        return default if cap is None or default is None else min(default, cap)
+    if not (raw.isascii() and raw.isdigit()):
+        raise ApiError(400, f"{name} must be a non-negative integer", name)
+    if len(raw) > _MAX_DIGITS:
+        if cap is None:
+            raise ApiError(400, f"{name} is too large", name)
+        return cap
+    number = int(raw)
+    return number if cap is None else min(number, cap)
+
+
+def timestamp(args: Arguments, name: str) -> str | None:
+    """An ISO 8601 time (no offset means UTC) as a canonical timestamp."""
+    raw = single(args, name)
+    if raw is None:
+        return None
+    text = _SPACED_OFFSET.sub(r"+\1", raw.strip())
+    try:
+        return canonical_time(datetime.fromisoformat(text))
+    except ValueError:
+        raise ApiError(
+            400, f"{name} must be an ISO 8601 time, such as 2025-11-05T10:30:00Z", name
+        ) from None
+
+
+def query(
+    args: Arguments, *, default_limit: int | None, cap: int | None, filters: bool = True
+) -> Query:
+    """The filters of a request: user_id and action (repeatable), since, until, before_id,
+    limit.
+    """
+    limit = count(args, "limit", default_limit, cap)
+    if not filters:
+        return Query(limit=limit)
+    before = count(args, "before_id", None, None)
+    since, until = timestamp(args, "since"), timestamp(args, "until")
+    if since is not None and until is not None and until < since:
+        raise ApiError(400, "until must not be earlier than since", "until")
+    return Query(
+        user_ids=filter_values(args, "user_id"),
+        actions=filter_values(args, "action"),
+        since=since,
+        until=until,
+        before_id=before,
+        limit=limit,
+    )
