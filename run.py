@@ -13,6 +13,7 @@ import tornado.netutil
 
 from tracker.app import DASHBOARD_PATH, build
 from tracker.config import Settings, load_settings
+from tracker.store import StoreError
 
 # A body up to this many times --max-body-size is read and refused with a JSON 413;
 # beyond it Tornado drops the connection with a bare 400 before reading it.
@@ -31,7 +32,11 @@ def display_url(settings: Settings, port: int) -> str:
 
 async def main(settings: Settings) -> int:
     """Serve until SIGINT or SIGTERM, then close every connection and return 0."""
-    service, hub, app = build(settings)
+    try:
+        service, hub, app = build(settings)
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     server = tornado.httpserver.HTTPServer(
         app, max_body_size=settings.max_body_size * HARD_BODY_FACTOR, xheaders=False
     )
@@ -42,8 +47,10 @@ async def main(settings: Settings) -> int:
             f"error: cannot listen on {settings.host}:{settings.port}: {exc.strerror}",
             file=sys.stderr,
         )
+        service.close()
         return 2
     server.add_sockets(sockets)
+    service.start_retention(settings.retention_days, settings.max_rows)
     port = sockets[0].getsockname()[1]
     print(f"Activity tracker on {display_url(settings, port)}", flush=True)
 
@@ -56,7 +63,9 @@ async def main(settings: Settings) -> int:
     server.stop()
     # close_all_connections() does not reach WebSockets: the hub closes them with 1001.
     hub.close_all()
-    await asyncio.sleep(0.1)  # let the close frames reach the kernel
+    # Commit what is queued, so requests waiting on it are answered before we close.
+    await asyncio.to_thread(service.close)
+    await asyncio.sleep(0.1)  # let the answers and close frames reach the kernel
     await server.close_all_connections()
     print("Stopped.", flush=True)
     return 0

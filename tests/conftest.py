@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,18 +14,26 @@ from tracker.app import make_app
 from tracker.config import Settings
 from tracker.hub import LiveHub
 from tracker.service import ActivityService
+from tracker.store import SQLiteStore
 
 
 @pytest.fixture
-def settings(request: pytest.FixtureRequest) -> Settings:
-    """Defaults, changed by a test's @pytest.mark.settings(name=value, ...)."""
+def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    """Defaults, changed by a test's @pytest.mark.settings(name=value, ...);
+    db=True means a fresh database file in the test's temporary folder."""
     marker = request.node.get_closest_marker("settings")
-    return Settings(**(marker.kwargs if marker else {}))
+    values = dict(marker.kwargs) if marker else {}
+    if values.get("db") is True:
+        values["db"] = str(tmp_path / "activities.db")
+    return Settings(**values)
 
 
 @pytest.fixture
-def service(settings: Settings) -> ActivityService:
-    return ActivityService(settings.capacity)
+def service(settings: Settings) -> Iterator[ActivityService]:
+    store = SQLiteStore(settings.db) if settings.db else None
+    service = ActivityService(settings.capacity, store=store)
+    yield service
+    service.close()
 
 
 @pytest.fixture

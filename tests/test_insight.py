@@ -213,7 +213,7 @@ async def test_ndjson_export_has_every_match_with_no_default_limit(
 
 @pytest.mark.gen_test
 async def test_csv_export_neutralises_formulas(api: Api, service: ActivityService) -> None:
-    dangerous = ["=HYPERLINK(\"x\")", "+1", "-2+3", "@SUM(A1)", "\tx", "\rx"]
+    dangerous = ['=HYPERLINK("x")', "+1", "-2+3", "@SUM(A1)", "\tx", "\rx"]
     for value in dangerous:
         service.record(ActivityInput(value, value, value))
     service.record(ActivityInput("plain", "a=b", None))

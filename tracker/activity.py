@@ -77,9 +77,13 @@ class Activity:
     timestamp: str
     details: str | None
     json: bytes = field(repr=False, compare=False)
+    # The idempotency key it was recorded with; kept, never shown.
+    key: str | None = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def create(cls, id: int, data: ActivityInput, timestamp: str) -> Activity:
+    def create(
+        cls, id: int, data: ActivityInput, timestamp: str, key: str | None = None
+    ) -> Activity:
         """Build an activity and encode it once (about 3x faster than json.dumps)."""
         details = b"null" if data.details is None else _quote(data.details).encode()
         encoded = b'{"id":%d,"user_id":%s,"action":%s,"timestamp":"%s","details":%s}' % (
@@ -89,7 +93,7 @@ class Activity:
             timestamp.encode(),
             details,
         )
-        return cls(id, data.user_id, data.action, timestamp, data.details, encoded)
+        return cls(id, data.user_id, data.action, timestamp, data.details, encoded, key)
 
     def to_dict(self) -> dict[str, Any]:
         """The activity as a plain dict (the JSON object's fields)."""

@@ -10,6 +10,7 @@ from .handlers.base import NotFoundHandler
 from .handlers.dashboard import STATIC_DIR
 from .hub import LiveHub
 from .service import ActivityService
+from .store import SQLiteStore
 
 DASHBOARD_PATH = "/api/ui-dashboard/metrics-dashboard-ui"
 
@@ -33,7 +34,8 @@ def make_app(service: ActivityService, hub: LiveHub, settings: Settings) -> torn
 
 
 def build(settings: Settings) -> tuple[ActivityService, LiveHub, tornado.web.Application]:
-    """Service, hub and application for the given settings."""
-    service = ActivityService(settings.capacity)
+    """Service, hub and application for the given settings; StoreError if --db is bad."""
+    store = SQLiteStore(settings.db) if settings.db else None
+    service = ActivityService(settings.capacity, store=store)
     hub = LiveHub(service, max_backlog=settings.ws_max_backlog)
     return service, hub, make_app(service, hub, settings)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import Field, dataclass, field, fields
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -12,7 +13,7 @@ class Settings:
     """Everything the server can be told; defaults are the documented ones."""
 
     host: str = field(default="127.0.0.1", metadata={"help": "address to listen on"})
-    port: int = field(default=8000, metadata={"help": "TCP port to listen on"})
+    port: int = field(default=8000, metadata={"help": "TCP port to listen on", "minimum": 0})
     capacity: int = field(
         default=1000, metadata={"help": "activities kept in the in-memory ring buffer"}
     )
@@ -38,6 +39,26 @@ class Settings:
             "closed with code 4008"
         },
     )
+    db: str = field(
+        default="",
+        metadata={
+            "help": "SQLite file for durable history (created if missing); empty: memory only"
+        },
+    )
+    retention_days: float = field(
+        default=0.0,
+        metadata={
+            "help": "with --db, delete activities older than this; 0 keeps all",
+            "minimum": 0,
+        },
+    )
+    max_rows: int = field(
+        default=0,
+        metadata={
+            "help": "with --db, keep at most this many activities; 0: no limit",
+            "minimum": 0,
+        },
+    )
     ws_ping_interval: float = field(
         default=20.0,
         metadata={"help": "seconds between WebSocket pings; unanswered clients are dropped"},
@@ -55,9 +76,10 @@ def _convert(kind: type, raw: str) -> object:
     return kind(raw)
 
 
-def _positive(value: object, name: str) -> None:
-    if isinstance(value, (int, float)) and name != "port" and value <= 0:
-        raise ValueError(f"--{name.replace('_', '-')} must be positive")
+def _check_minimum(value: object, spec: Field[Any]) -> None:
+    minimum = spec.metadata.get("minimum", 1)
+    if isinstance(value, (int, float)) and value < minimum:
+        raise ValueError(f"--{spec.name.replace('_', '-')} must be at least {minimum}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,7 +118,7 @@ def load_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
                 parser.error(f"{_env_name(spec.name)}: not a valid {spec.name}")
         if value is not None:
             try:
-                _positive(value, spec.name)
+                _check_minimum(value, spec)
             except ValueError as exc:
                 parser.error(str(exc))
             values[spec.name] = value

@@ -135,17 +135,18 @@ class LiveHub:
             return
         if since is None:
             return
-        replay, complete = self.service.after(since)
+        replay, complete = self.service.after(since, self.max_backlog)
         if store_id is not None and store_id != self.service.store_id:
-            reason, replay = "store_changed", self.service.recent(self.service.capacity)
+            reason: str | None = "store_changed"
         elif since > last:
-            reason, replay = "ahead", self.service.recent(self.service.capacity)
+            reason = "ahead"
         elif not complete:
             reason = "evicted"
         else:
             reason = None
         if reason is not None:
             client.send_frame(text_frame(control_message("reset", reason=reason)))
+            replay = self.service.recent(self.service.capacity)
         # Later ones come through the live queue, which skips ids up to `last`.
         replay = [a for a in replay if a.id <= last]
         if predicate is not None:

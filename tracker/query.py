@@ -54,34 +54,45 @@ def summarize(activities: Iterable[Activity], top: int) -> dict[str, Any]:
     actions: Counter[str] = Counter()
     users: Counter[str] = Counter()
     minutes: Counter[str] = Counter()
-    total = 0
     for activity in activities:
-        total += 1
         actions[activity.action] += 1
         users[activity.user_id] += 1
         minutes[activity.timestamp[:16]] += 1  # "YYYY-MM-DDTHH:MM"
 
-    def ranked(counter: Counter[str], key: str) -> list[dict[str, Any]]:
+    def ranked(counter: Counter[str]) -> list[tuple[str, int]]:
         # Highest count first; ties by name, so the order never depends on arrival.
-        order = sorted(counter.items(), key=lambda item: (-item[1], item[0]))
-        return [{key: name, "count": count} for name, count in order[:top]]
+        return sorted(counter.items(), key=lambda item: (-item[1], item[0]))[:top]
 
+    return summarize_rows(
+        sum(actions.values()), len(users), ranked(actions), ranked(users), minutes.items()
+    )
+
+
+def summarize_rows(
+    total: int,
+    distinct_users: int,
+    actions: Iterable[tuple[str, int]],
+    users: Iterable[tuple[str, int]],
+    minutes: Iterable[tuple[str, int]],
+) -> dict[str, Any]:
+    """The summary body from counts already ranked; minutes are ("YYYY-MM-DDTHH:MM", n)."""
+    per_minute = dict(minutes)
     series: list[dict[str, Any]] = []
-    if minutes:
-        last = datetime.fromisoformat(max(minutes) + ":00+00:00")
+    if per_minute:
+        last = datetime.fromisoformat(max(per_minute) + ":00+00:00")
         first = max(
-            datetime.fromisoformat(min(minutes) + ":00+00:00"),
+            datetime.fromisoformat(min(per_minute) + ":00+00:00"),
             last - timedelta(minutes=MAX_SERIES_MINUTES - 1),
         )
         moment = first
         while moment <= last:
             key = moment.strftime("%Y-%m-%dT%H:%M")
-            series.append({"minute": key + ":00+00:00", "count": minutes.get(key, 0)})
+            series.append({"minute": key + ":00+00:00", "count": per_minute.get(key, 0)})
             moment += timedelta(minutes=1)
     return {
         "total": total,
-        "distinct_users": len(users),
-        "actions": ranked(actions, "action"),
-        "users": ranked(users, "user_id"),
+        "distinct_users": distinct_users,
+        "actions": [{"action": name, "count": n} for name, n in actions],
+        "users": [{"user_id": name, "count": n} for name, n in users],
         "per_minute": series,
     }

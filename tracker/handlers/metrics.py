@@ -10,14 +10,15 @@ from typing import Any
 
 from tornado.iostream import StreamClosedError
 
-from ..activity import Activity, encode_list
-from ..service import ActivityService
+from ..activity import Activity, ActivityInput, encode_list
+from ..service import ActivityService, StoreUnavailable
 from . import params
 from .base import FIELD_NAMES, APIHandler
 from .errors import ApiError
 
 DEFAULT_LIMIT = 100
 DEFAULT_TOP = 10
+KEY_MAX = 256
 EXPORT_COLUMNS = ("id", "user_id", "action", "timestamp", "details")
 # Spreadsheets run a cell starting with one of these as a formula (CSV injection).
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
@@ -33,32 +34,60 @@ class MetricsHandler(APIHandler):
         self.service = service
         self.max_batch = max_batch
 
+    async def record(
+        self, items: list[ActivityInput], keys: list[str | None]
+    ) -> tuple[list[Activity], list[bool]]:
+        """Record through the service; a store that cannot commit is a 503."""
+        try:
+            return await self.service.track(items, keys)
+        except StoreUnavailable:
+            raise ApiError(503, "activity could not be stored; nothing was recorded") from None
+
+    @staticmethod
+    def idempotency_key(value: object, index: int | None) -> str | None:
+        """An Idempotency-Key header or batch event_id: 1-256 characters, or absent."""
+        name = "Idempotency-Key" if index is None else "event_id"
+        prefix = "" if index is None else f"item {index}: "
+        if value is None:
+            return None
+        if not isinstance(value, str) or not 0 < len(value) <= KEY_MAX or not value.strip():
+            raise ApiError(400, f"{prefix}{name} must be 1-{KEY_MAX} characters", name, index)
+        return value
+
 
 class TrackHandler(MetricsHandler):
-    """POST /api/metrics/track: validate, record, answer with the activity."""
+    """POST /api/metrics/track: validate, record, answer once durable with the activity."""
 
-    def post(self) -> None:
-        activity = self.service.record(self.activity_input())
-        self.write_json(activity.json)
+    async def post(self) -> None:
+        data = self.activity_input()
+        key = self.idempotency_key(self.request.headers.get("Idempotency-Key"), None)
+        activities, fresh = await self.record([data], [key])
+        if not fresh[0]:
+            self.set_header("Idempotent-Replayed", "true")
+        self.write_json(activities[0].json)
 
 
 class BatchHandler(MetricsHandler):
     """POST /api/metrics/track/batch: a JSON array, all validated before any is recorded."""
 
-    def post(self) -> None:
+    async def post(self) -> None:
         items = self.json_body(list)
         if not items:
             raise ApiError(400, "batch is empty")
         if len(items) > self.max_batch:
             raise ApiError(400, f"batch has {len(items)} items; at most {self.max_batch}")
-        inputs = []
+        inputs, keys = [], []
         for index, item in enumerate(items):
             if not isinstance(item, dict):
                 raise ApiError(400, f"item {index}: must be a JSON object", None, index)
             values = {name: item.get(name) for name in FIELD_NAMES}
             inputs.append(self.validated(values, index))
-        recorded = self.service.record_many(inputs)
-        self.write_json(b'{"count":%d,"items":%s}' % (len(recorded), encode_list(recorded)))
+            keys.append(self.idempotency_key(item.get("event_id"), index))
+        recorded, fresh = await self.record(inputs, keys)
+        self.write_json(
+            b'{"count":%d,"recorded":%d,"items":%s}'
+            % (len(recorded), sum(fresh), encode_list(recorded))
+        )
 
 
 class ActivitiesHandler(MetricsHandler):
