@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
+import resource
 import signal
 import sys
 
@@ -30,6 +32,23 @@ def display_url(settings: Settings, port: int) -> str:
     return f"http://{host}:{port}{DASHBOARD_PATH}"
 
 
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def raise_file_limit() -> None:
+    """Every live client is an open file: lift the soft limit to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 async def main(settings: Settings) -> int:
     """Serve until SIGINT or SIGTERM, then close every connection and return 0."""
     try:
@@ -50,6 +69,12 @@ async def main(settings: Settings) -> int:
         service.close()
         return 2
     server.add_sockets(sockets)
+    if not settings.api_token and not is_loopback(settings.host):
+        logging.warning(
+            "listening on %s without --api-token: anyone who can reach this port can read "
+            "and record activities",
+            settings.host,
+        )
     service.start_retention(settings.retention_days, settings.max_rows)
     port = sockets[0].getsockname()[1]
     print(f"Activity tracker on {display_url(settings, port)}", flush=True)
@@ -72,7 +97,10 @@ async def main(settings: Settings) -> int:
 
 
 if __name__ == "__main__":
+    settings = load_settings(sys.argv[1:], os.environ)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    # Successful requests are not logged (it would cost more than the request); errors are.
-    logging.getLogger("tornado.access").setLevel(logging.WARNING)
-    sys.exit(asyncio.run(main(load_settings(sys.argv[1:], os.environ))))
+    # By default successful requests are not logged (it costs more than the request does).
+    access = logging.INFO if settings.access_log else logging.WARNING
+    logging.getLogger("tornado.access").setLevel(access)
+    raise_file_limit()
+    sys.exit(asyncio.run(main(settings)))

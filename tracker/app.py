@@ -19,7 +19,7 @@ def make_app(service: ActivityService, hub: LiveHub, settings: Settings) -> torn
     """Build the Tornado application; run.py and every test use this."""
     handlers = [
         *metrics.routes(service, settings.max_body_size, settings.max_batch),
-        *live.routes(hub, settings.allowed_origins),
+        *live.routes(hub, settings.allowed_origins, settings.ws_max_clients),
         *dashboard.routes(),
     ]
     return tornado.web.Application(
@@ -27,6 +27,9 @@ def make_app(service: ActivityService, hub: LiveHub, settings: Settings) -> torn
         default_handler_class=NotFoundHandler,
         default_handler_args={"max_body_size": settings.max_body_size},
         static_path=str(STATIC_DIR),
+        static_handler_class=dashboard.StaticHandler,
+        api_token=settings.api_token,
+        websocket_max_message_size=settings.ws_max_message_size,
         websocket_ping_interval=settings.ws_ping_interval,
         websocket_ping_timeout=settings.ws_ping_interval,
         serve_traceback=False,

@@ -8,77 +8,67 @@ from dataclasses import Field, dataclass, field, fields
 from typing import Any
 
 
+def _opt(default: Any, help: str, minimum: float = 1) -> Any:
+    """A setting: its default, its --help text, and the least number it accepts."""
+    return field(default=default, metadata={"help": help, "minimum": minimum})
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the server can be told; defaults are the documented ones."""
 
-    host: str = field(default="127.0.0.1", metadata={"help": "address to listen on"})
-    port: int = field(default=8000, metadata={"help": "TCP port to listen on", "minimum": 0})
-    capacity: int = field(
-        default=1000, metadata={"help": "activities kept in the in-memory ring buffer"}
+    host: str = _opt("127.0.0.1", "address to listen on")
+    port: int = _opt(8000, "TCP port to listen on (0: any free port)", minimum=0)
+    capacity: int = _opt(1000, "activities kept in the in-memory ring buffer")
+    db: str = _opt("", "SQLite file for durable history (created if missing); empty: memory only")
+    retention_days: float = _opt(
+        0.0, "with --db, delete activities older than this many days; 0 keeps all", minimum=0
     )
-    max_body_size: int = field(
-        default=1024 * 1024,
-        metadata={"help": "largest request body in bytes; larger ones get 413"},
+    max_rows: int = _opt(0, "with --db, keep at most this many activities; 0: no limit", minimum=0)
+    api_token: str = _opt(
+        "", "require 'Authorization: Bearer TOKEN' on every API call and the live feed"
     )
-    max_batch: int = field(
-        default=1000,
-        metadata={"help": "most activities in one POST /api/metrics/track/batch"},
+    max_body_size: int = _opt(1024 * 1024, "largest request body in bytes; larger gets 413")
+    max_batch: int = _opt(1000, "most activities in one POST /api/metrics/track/batch")
+    allowed_origins: tuple[str, ...] = _opt(
+        (),
+        "comma-separated extra Origins allowed to open the live WebSocket (same-origin and "
+        "Origin-less clients are always allowed; '*' allows any)",
     )
-    allowed_origins: tuple[str, ...] = field(
-        default=(),
-        metadata={
-            "help": "comma-separated extra Origins allowed to open the live WebSocket "
-            "(same-origin and Origin-less clients are always allowed; '*' allows any)"
-        },
+    ws_max_clients: int = _opt(5000, "live WebSocket clients at once; more get 503")
+    ws_max_backlog: int = _opt(
+        10_000, "activities queued for one slow WebSocket client before it is closed (4008)"
     )
-    ws_max_backlog: int = field(
-        default=10_000,
-        metadata={
-            "help": "activities queued for one slow WebSocket client before it is "
-            "closed with code 4008"
-        },
+    ws_max_message_size: int = _opt(
+        4096, "largest message a WebSocket client may send, in bytes (the feed is one-way)"
     )
-    db: str = field(
-        default="",
-        metadata={
-            "help": "SQLite file for durable history (created if missing); empty: memory only"
-        },
+    ws_ping_interval: float = _opt(
+        20.0, "seconds between WebSocket pings; a client silent for as long is dropped"
     )
-    retention_days: float = field(
-        default=0.0,
-        metadata={
-            "help": "with --db, delete activities older than this; 0 keeps all",
-            "minimum": 0,
-        },
-    )
-    max_rows: int = field(
-        default=0,
-        metadata={
-            "help": "with --db, keep at most this many activities; 0: no limit",
-            "minimum": 0,
-        },
-    )
-    ws_ping_interval: float = field(
-        default=20.0,
-        metadata={"help": "seconds between WebSocket pings; unanswered clients are dropped"},
-    )
+    access_log: bool = _opt(False, "log every request, not just failures (1/0)", minimum=0)
 
 
 def _env_name(name: str) -> str:
     return "TRACKER_" + name.upper()
 
 
-def _convert(kind: type, raw: str) -> object:
+def _convert(kind: type, raw: str) -> Any:
     """Turn a flag's or variable's text into the type of the setting's default."""
     if kind is tuple:
         return tuple(part.strip() for part in raw.split(",") if part.strip())
+    if kind is bool:
+        word = raw.strip().lower()
+        if word in ("1", "true", "yes", "on"):
+            return True
+        if word in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError(raw)
     return kind(raw)
 
 
 def _check_minimum(value: object, spec: Field[Any]) -> None:
-    minimum = spec.metadata.get("minimum", 1)
-    if isinstance(value, (int, float)) and value < minimum:
+    minimum = spec.metadata["minimum"]
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value < minimum:
         raise ValueError(f"--{spec.name.replace('_', '-')} must be at least {minimum}")
 
 
@@ -87,28 +77,37 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="run.py",
         description="Activity tracker: REST ingest, live WebSocket feed and dashboard.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     for spec in fields(Settings):
         kind = type(spec.default)
-        default = spec.default
-        shown = ",".join(default) if isinstance(default, tuple) else default
+        shown = ",".join(spec.default) if kind is tuple else spec.default
+        converter = _named(kind)
         parser.add_argument(
             "--" + spec.name.replace("_", "-"),
             dest=spec.name,
             default=None,
-            metavar=spec.name.upper(),
-            help=f"{spec.metadata['help']} (env {_env_name(spec.name)}; default: {shown})",
-            type=lambda raw, kind=kind: _convert(kind, raw),
+            metavar=kind.__name__.upper() if kind is not tuple else "LIST",
+            help=f"{spec.metadata['help']} (env {_env_name(spec.name)}; default: {shown!r})",
+            type=converter,
         )
     return parser
+
+
+def _named(kind: type) -> Any:
+    """A converter whose name argparse shows in "invalid ... value" messages."""
+
+    def convert(raw: str) -> Any:
+        return _convert(kind, raw)
+
+    convert.__name__ = kind.__name__
+    return convert
 
 
 def load_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
     """Flags first, then TRACKER_* variables, then defaults; exits with usage on bad values."""
     parser = build_parser()
     args = parser.parse_args(list(argv))
-    values: dict[str, object] = {}
+    values: dict[str, Any] = {}
     for spec in fields(Settings):
         value = getattr(args, spec.name)
         if value is None and _env_name(spec.name) in environ:
@@ -122,4 +121,4 @@ def load_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
             except ValueError as exc:
                 parser.error(str(exc))
             values[spec.name] = value
-    return Settings(**values)  # type: ignore[arg-type]
+    return Settings(**values)

@@ -9,6 +9,7 @@ import tornado.web
 
 from ..activity import FIELDS, ActivityInput, ValidationError, validate
 from . import params
+from .auth import require_token
 from .errors import JSON_TYPE, ApiError, error_body
 
 FIELD_NAMES = tuple(name for name, _, _ in FIELDS)
@@ -26,6 +27,7 @@ class APIHandler(tornado.web.RequestHandler):
         self.set_header("X-Content-Type-Options", "nosniff")
 
     def prepare(self) -> None:
+        require_token(self.request, self.settings.get("api_token", ""))
         # The HTTP server's own cap is larger, so most oversized bodies get this JSON 413.
         if len(self.request.body) > self.max_body_size:
             raise ApiError(413, f"request body exceeds {self.max_body_size} bytes")
@@ -46,6 +48,8 @@ class APIHandler(tornado.web.RequestHandler):
         else:
             message = self._reason.lower()
         self.set_header("Content-Type", JSON_TYPE)
+        if status_code == 401:
+            self.set_header("WWW-Authenticate", 'Bearer realm="activity-tracker"')
         self.finish(error_body(status_code, message, field, index))
 
     def json_body(self, kind: type = dict) -> Any:
@@ -92,4 +96,5 @@ class NotFoundHandler(APIHandler):
     """Answers every unknown path with the JSON 404."""
 
     def prepare(self) -> None:
+        super().prepare()
         raise ApiError(404, f"no such endpoint: {self.request.path}")

@@ -34,6 +34,13 @@ class DashboardHandler(tornado.web.RequestHandler):
         self.finish(self.page.read_bytes())
 
 
+class StaticHandler(tornado.web.StaticFileHandler):
+    """The dashboard's assets, with the same no-sniffing rule as the page."""
+
+    def set_default_headers(self) -> None:
+        self.set_header("X-Content-Type-Options", "nosniff")
+
+
 def routes() -> list[tuple[str, type, dict]]:
     """The dashboard page's route (its assets are served under /static/)."""
     return [(r"/api/ui-dashboard/metrics-dashboard-ui", DashboardHandler, {})]

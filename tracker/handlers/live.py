@@ -11,28 +11,37 @@ from tornado.iostream import StreamClosedError
 from ..hub import LiveHub
 from ..query import Query
 from . import params
+from .auth import WS_PROTOCOL, require_token
 from .errors import JSON_TYPE, ApiError, error_body
 
 
 class LiveHandler(tornado.websocket.WebSocketHandler):
     """Validates the upgrade, then lets the hub write prebuilt frames to the socket."""
 
-    def initialize(self, hub: LiveHub, allowed_origins: tuple[str, ...] = ()) -> None:
+    def initialize(
+        self, hub: LiveHub, allowed_origins: tuple[str, ...] = (), max_clients: int = 5000
+    ) -> None:
         self.hub = hub
+        self.max_clients = max_clients
         self.allowed_origins = {o.rstrip("/").lower() for o in allowed_origins}
         self.since: int | None = None
         self.store: str | None = None
         self.filters = Query()
 
-    def _refuse(self, status: int, message: str, field: str | None = None) -> None:
-        self.set_status(status)
+    def _refuse(self, error: ApiError) -> None:
+        self.set_status(error.status_code)
         self.set_header("Content-Type", JSON_TYPE)
-        self.finish(error_body(status, message, field))
+        if error.status_code == 401:
+            self.set_header("WWW-Authenticate", 'Bearer realm="activity-tracker"')
+        self.finish(error_body(error.status_code, error.message, error.field))
 
     async def get(self, *args: Any, **kwargs: Any) -> None:
-        # Refuse bad parameters with the JSON error before the upgrade, not after.
+        # Refuse with the JSON error before the upgrade, not after.
         args_ = self.request.query_arguments
         try:
+            require_token(self.request, self.settings.get("api_token", ""), websocket=True)
+            if self.hub.client_count >= self.max_clients:
+                raise ApiError(503, f"too many live clients (at most {self.max_clients})")
             self.since = params.count(args_, "since", None, None)
             self.store = params.single(args_, "store")
             self.filters = Query(
@@ -40,7 +49,7 @@ class LiveHandler(tornado.websocket.WebSocketHandler):
                 actions=params.filter_values(args_, "action"),
             )
         except ApiError as exc:
-            return self._refuse(exc.status_code, exc.message, exc.field)
+            return self._refuse(exc)
         await super().get(*args, **kwargs)
 
     def check_origin(self, origin: str) -> bool:
@@ -48,6 +57,10 @@ class LiveHandler(tornado.websocket.WebSocketHandler):
             return True
         # Same origin: the Origin's host:port is the Host this request was sent to.
         return urlparse(origin).netloc.lower() == self.request.headers.get("Host", "").lower()
+
+    def select_subprotocol(self, subprotocols: list[str]) -> str | None:
+        # Never echo the "bearer.<token>" offer back; pick the plain protocol name.
+        return WS_PROTOCOL if WS_PROTOCOL in subprotocols else None
 
     def get_compression_options(self) -> None:
         # Uncompressed, so one prebuilt frame serves every client.
@@ -77,8 +90,9 @@ class LiveHandler(tornado.websocket.WebSocketHandler):
         return True if not stream.writing() else pending
 
 
-def routes(hub: LiveHub, allowed_origins: tuple[str, ...]) -> list[tuple[str, type, dict]]:
+def routes(
+    hub: LiveHub, allowed_origins: tuple[str, ...], max_clients: int
+) -> list[tuple[str, type, dict]]:
     """The live feed's route."""
-    return [
-        (r"/api/metrics/live", LiveHandler, {"hub": hub, "allowed_origins": allowed_origins}),
-    ]
+    deps = {"hub": hub, "allowed_origins": allowed_origins, "max_clients": max_clients}
+    return [(r"/api/metrics/live", LiveHandler, deps)]
