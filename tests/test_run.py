@@ -103,3 +103,46 @@ def test_port_in_use_is_a_one_line_error() -> None:
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+
+
+def test_every_setting_is_documented_in_the_readme() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for name in Settings.__dataclass_fields__:
+        flag, env = "--" + name.replace("_", "-"), "TRACKER_" + name.upper()
+        assert f"| `{flag}` | `{env}` |" in readme, flag
+
+
+def test_watch_prints_the_live_feed() -> None:
+    port = free_port()
+    proc, _ = start("--port", str(port))
+    try:
+        for user in ("a", "b"):
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/api/metrics/track?user_id={user}&action=login",
+                method="POST",
+            )
+            urllib.request.urlopen(request, timeout=5).read()
+        watcher = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tracker.watch",
+                f"ws://127.0.0.1:{port}/api/metrics/live",
+                "--since",
+                "0",
+                "--user-id",
+                "b",
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert watcher.stdout is not None
+        assert json.loads(watcher.stdout.readline())["user_id"] == "b"
+        proc.send_signal(signal.SIGTERM)
+        assert watcher.wait(timeout=10) == 0
+        assert "closed: 1001" in watcher.stderr.read()
+    finally:
+        proc.kill()
+        proc.wait()
