@@ -40,6 +40,10 @@ class StaticHandler(tornado.web.StaticFileHandler):
     def set_default_headers(self) -> None:
         self.set_header("X-Content-Type-Options", "nosniff")
 
+    def set_extra_headers(self, path: str) -> None:
+        # The page's URL is unversioned: revalidate assets so an upgrade never mixes versions.
+        self.set_header("Cache-Control", "no-cache")
+
 
 def routes() -> list[tuple[str, type, dict]]:
     """The dashboard page's route (its assets are served under /static/)."""

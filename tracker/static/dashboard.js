@@ -20,6 +20,11 @@ const refreshButton = $("refresh");
 const logError = $("log-error");
 const connection = $("connection-state");
 const connectionText = $("connection-text");
+const tokenDialog = $("token-dialog");
+const tokenForm = $("token-form");
+const tokenInput = $("token-input");
+const tokenError = $("token-error");
+const tokenOpen = $("token-open");
 
 const count = new Intl.NumberFormat();
 
@@ -28,21 +33,52 @@ const STATE_TEXT = {
   live: "Live",
   reconnecting: "Reconnecting…",
   offline: "Offline · retrying",
+  unauthorized: "Token needed",
 };
 
+// -- access token (only when the server was started with --api-token) ------------------
+
+// Kept for this tab only; sent as a header, and to the live feed as a subprotocol.
+const TOKEN_KEY = "tracker.token";
+let token = sessionStorage.getItem(TOKEN_KEY) ?? "";
+
+function askForToken(message) {
+  tokenError.textContent = message;
+  tokenError.hidden = !message;
+  tokenOpen.hidden = false;
+  if (!tokenDialog.open) {
+    tokenInput.value = "";
+    tokenDialog.showModal();
+  }
+}
+
+/** fetch() with the token; a 401 asks for one (the caller still sees the response). */
+async function api(path, options = {}) {
+  const headers = { Accept: "application/json", ...options.headers };
+  if (token) headers.Authorization = `Bearer ${token}`;
+  const response = await fetch(path, { ...options, headers, cache: "no-store" });
+  if (response.status === 401) {
+    const error = await serverError(response.clone(), "This server needs an access token.");
+    askForToken(token ? error.message : "");
+  }
+  return response;
+}
+
 list.dataset.maxRows = String(MAX_ROWS);
+// curl speaks http:// by default, so a plain-HTTP host needs no scheme (a shorter line).
+const origin = location.protocol === "http:" ? location.host : location.origin;
 $("curl-example").textContent = [
   "curl -d user_id=user_123 \\",
   "     -d action=login \\",
-  `     ${location.origin}/api/metrics/track`,
+  `     ${origin}/api/metrics/track`,
 ].join("\n");
 
 const log = new ActivityLog(list, {
   onRender(current) {
     const rows = list.childElementCount;
     emptyNote.hidden = rows > 0;
-    summary.textContent =
-      rows === 0 ? "" : rows >= MAX_ROWS ? `newest ${count.format(rows)}` : `${count.format(rows)} shown`;
+    const shown = `${count.format(rows)} shown`;
+    summary.textContent = rows === 0 ? "" : rows >= MAX_ROWS ? `latest ${shown}` : shown;
     pending.hidden = !current.paused;
     pending.textContent = `${count.format(current.newWhilePaused)} new`;
   },
@@ -55,7 +91,30 @@ const feed = new LiveFeed({
   },
   onReset: () => log.reset(),
   onActivities: (items) => log.merge(items),
+  protocols: () => (token ? ["tracker", `bearer.${token}`] : undefined),
+  async checkAccess() {
+    try {
+      return (await api("/api/metrics/activities?limit=0")).status !== 401;
+    } catch {
+      return true; // unreachable is not refused: keep retrying
+    }
+  },
 });
+
+tokenForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  token = tokenInput.value.trim();
+  if (!token) {
+    askForToken("Enter the token the server was started with (--api-token).");
+    return;
+  }
+  sessionStorage.setItem(TOKEN_KEY, token);
+  tokenDialog.close();
+  tokenOpen.hidden = true;
+  feed.reconnectNow();
+});
+
+tokenOpen.addEventListener("click", () => askForToken(""));
 
 /** The error object of the server's JSON error body, or one holding `fallback`. */
 async function serverError(response, fallback) {
@@ -103,9 +162,9 @@ form.addEventListener("submit", async (event) => {
   submitButton.disabled = true;
   form.setAttribute("aria-busy", "true");
   try {
-    const response = await fetch("/api/metrics/track", {
+    const response = await api("/api/metrics/track", {
       method: "POST",
-      headers: { "Content-Type": "application/json", Accept: "application/json" },
+      headers: { "Content-Type": "application/json" },
       body: JSON.stringify(body),
     });
     if (!response.ok) {
@@ -153,10 +212,7 @@ refreshButton.addEventListener("click", async () => {
   // A Refresh while the feed is down is also a "try now".
   feed.reconnectNow();
   try {
-    const response = await fetch(`/api/metrics/activities?limit=${MAX_ROWS}`, {
-      headers: { Accept: "application/json" },
-      cache: "no-store",
-    });
+    const response = await api(`/api/metrics/activities?limit=${MAX_ROWS}`);
     if (!response.ok) {
       const error = await serverError(response, `HTTP ${response.status}`);
       throw new Error(error.message);

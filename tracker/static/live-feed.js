@@ -12,16 +12,30 @@ const HELLO_TIMEOUT_MS = 10000;
 const CLOSE_TOO_SLOW = 4008;
 
 /**
- * Callbacks: onState(state) with "connecting" | "live" | "reconnecting" | "offline";
- * onReset() when the log must be dropped (another store, or a gap the server cannot
- * fill); onActivities(items) with new activities in id order.
+ * Callbacks: onState(state) with "connecting" | "live" | "reconnecting" | "offline" |
+ * "unauthorized"; onReset() when the log must be dropped (another store, or a gap the
+ * server cannot fill); onActivities(items) with new activities in id order.
+ *
+ * A browser cannot see why an upgrade was refused, so after a socket fails before its
+ * hello, checkAccess() (a cheap REST call) tells a wrong or missing token (false) from a
+ * server that is down (true). protocols() gives the subprotocols to offer: the access
+ * token travels as one ("bearer.<token>"), never in the URL.
  */
 export class LiveFeed {
-  constructor({ path = "/api/metrics/live", onState, onReset, onActivities }) {
+  constructor({
+    path = "/api/metrics/live",
+    onState,
+    onReset,
+    onActivities,
+    protocols = () => undefined,
+    checkAccess = async () => true,
+  }) {
     this.path = path;
     this.onState = onState;
     this.onReset = onReset;
     this.onActivities = onActivities;
+    this.protocols = protocols;
+    this.checkAccess = checkAccess;
     this.storeId = null; // the store the ids below belong to
     this.lastId = 0; // the newest id this feed has delivered from that store
     this.failures = 0;
@@ -47,7 +61,7 @@ export class LiveFeed {
 
   /** Try at once if the feed is down (a no-op while connected or connecting). */
   reconnectNow() {
-    if (this.socket || !this.retryTimer) return;
+    if (this.socket) return;
     clearTimeout(this.retryTimer);
     this.retryTimer = 0;
     this.connect();
@@ -63,15 +77,18 @@ export class LiveFeed {
   connect() {
     let socket;
     try {
-      socket = new WebSocket(this.url());
+      socket = new WebSocket(this.url(), this.protocols());
     } catch {
       this.retry(null);
       return;
     }
     this.socket = socket;
+    let greeted = false;
     this.helloTimer = setTimeout(() => socket.close(), HELLO_TIMEOUT_MS);
     socket.addEventListener("message", (event) => {
-      if (socket === this.socket) this.receive(event.data);
+      if (socket !== this.socket) return;
+      greeted = true;
+      this.receive(event.data);
     });
     // "error" is always followed by "close", which does the work.
     socket.addEventListener("close", (event) => {
@@ -79,7 +96,18 @@ export class LiveFeed {
       this.socket = null;
       clearTimeout(this.helloTimer);
       this.retry(event.code);
+      if (!greeted) this.probe();
     });
+  }
+
+  /** After a refused upgrade: stop retrying if it was the token, until a new one comes. */
+  async probe() {
+    const allowed = await this.checkAccess();
+    if (allowed || this.socket) return; // down, not refused; or connected meanwhile
+    clearTimeout(this.retryTimer);
+    this.retryTimer = 0;
+    this.failures = 0;
+    this.setState("unauthorized");
   }
 
   receive(data) {

@@ -1,0 +1,132 @@
+"""Regenerate docs/dashboard.png: a real server, realistic activities, real Chromium.
+
+Usage: python docs/make_screenshot.py [--out docs/dashboard.png] [--width 1280 --height 800]
+Needs Playwright for Python and a Chromium (Debian's /usr/bin/chromium by default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from playwright.sync_api import sync_playwright
+
+ROOT = Path(__file__).resolve().parent.parent
+DASHBOARD = "/api/ui-dashboard/metrics-dashboard-ui"
+
+# Oldest first, as a morning on a small web shop might look.
+ACTIVITIES = [
+    ("user_123", "login", "Successful login"),
+    ("user_123", "view_page", "/pricing"),
+    ("maria.k", "signup", "Referred by newsletter (campaign: nov-25)"),
+    ("maria.k", "login", "Successful login"),
+    ("user_456", "search", 'query="noise cancelling headphones", 42 results'),
+    ("user_456", "add_to_cart", "SKU 88-1204 × 1"),
+    ("ops-bot", "deploy", "api v2.14.1 rolled out to eu-west"),
+    ("user_123", "update_profile", "Changed display name"),
+    ("jdoe", "login_failed", "Wrong password (attempt 2 of 5)"),
+    ("user_456", "checkout", "Order #10293 · €149.00 · card"),
+    ("maria.k", "invite", "Invited 3 teammates"),
+    ("jdoe", "password_reset", "Reset link sent to j***@example.com"),
+    ("user_789", "export", None),
+    ("user_456", "logout", None),
+    ("maria.k", "create_project", "“Q4 launch plan”"),
+    ("user_123", "download", "invoice-2025-11.pdf (182 KB)"),
+]
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(port: int) -> subprocess.Popen:
+    """`python run.py --port PORT`, returned once it prints its URL."""
+    proc = subprocess.Popen(
+        [sys.executable, "run.py", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if "Activity tracker on" not in line:
+        proc.kill()
+        raise SystemExit(f"server did not start: {line!r}")
+    return proc
+
+
+def track(base: str, user_id: str, action: str, details: str | None) -> None:
+    """Record one activity over HTTP, as any client would."""
+    body = json.dumps({"user_id": user_id, "action": action, "details": details}).encode()
+    request = urllib.request.Request(
+        base + "/api/metrics/track", data=body, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        response.read()
+
+
+def main() -> None:
+    """Start a server, fill it, photograph the dashboard, stop the server."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(ROOT / "docs" / "dashboard.png"))
+    parser.add_argument("--width", type=int, default=1280)
+    parser.add_argument("--height", type=int, default=800)
+    parser.add_argument(
+        "--chromium", default=os.environ.get("CHROMIUM", "/usr/bin/chromium"), help="browser"
+    )
+    parser.add_argument("--dark", action="store_true", help="use the dark colour scheme")
+    args = parser.parse_args()
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = start_server(port)
+    try:
+        for user_id, action, details in ACTIVITIES[:-1]:
+            track(base, user_id, action, details)
+            time.sleep(0.35)  # spread the timestamps a little, as real traffic would be
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(
+                executable_path=args.chromium,
+                headless=True,
+                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+            )
+            page = browser.new_page(
+                viewport={"width": args.width, "height": args.height},
+                device_scale_factor=1,
+                color_scheme="dark" if args.dark else "light",
+                locale="en-GB",
+            )
+            page.goto(base + DASHBOARD)
+            page.wait_for_selector("#connection-state[data-state=live]")
+            # The last one arrives live, so the picture shows the arrival highlight.
+            track(base, *ACTIVITIES[-1])
+            # A function, not an expression string: the page's CSP forbids eval.
+            page.wait_for_function(
+                "n => document.querySelectorAll('#activity-log li').length === n",
+                arg=len(ACTIVITIES),
+            )
+            page.fill("#user-id", "user_123")
+            page.fill("#action", "share")
+            page.wait_for_timeout(300)  # let the arrival highlight settle part way
+            page.screenshot(path=args.out)
+            browser.close()
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=10)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

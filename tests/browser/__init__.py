@@ -1,0 +1,1 @@
+"""Dashboard tests in a real browser (Chromium via Playwright)."""
