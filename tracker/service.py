@@ -201,16 +201,15 @@ class ActivityService:
         """The newest `query.limit` activities that match (all if no limit), oldest first."""
         with self._lock:
             size = len(self._buffer)
-            in_buffer = not query.filtered and query.limit is not None and query.limit <= size
-            if self.store is None or in_buffer:
-                if not query.filtered:
-                    count = size if query.limit is None else min(query.limit, size)
-                    # Index from the right end: a deque reaches its ends in O(1).
-                    return [self._buffer[i] for i in range(size - count, size)]
-                snapshot = list(self._buffer)
-            else:
+            if not query.filtered and query.limit is not None and query.limit <= size:
+                # The hot path, from the buffer even with a store. Index from the right
+                # end: a deque reaches its ends in O(1).
+                return [self._buffer[i] for i in range(size - query.limit, size)]
+            if self.store is not None:
                 published = self._published
-        if self.store is not None and not in_buffer:
+            else:
+                snapshot = list(self._buffer)
+        if self.store is not None:
             return self.store.query(query, published)
         found: list[Activity] = []
         wanted = len(snapshot) if query.limit is None else query.limit
