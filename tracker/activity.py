@@ -55,11 +55,22 @@ def validate(values: Mapping[str, Any]) -> ActivityInput:
             raise ValidationError(f"{name} is required", name)
         if len(value) > limit:
             raise ValidationError(f"{name} must be at most {limit} characters", name)
-        if "\x00" in value:
-            # NUL bytes break C-string consumers downstream (SQLite shell, log tools).
-            raise ValidationError(f"{name} must not contain NUL characters", name)
+        check_text(value, name)
         clean[name] = value
     return ActivityInput(clean["user_id"] or "", clean["action"] or "", clean["details"])
+
+
+def check_text(value: str, name: str) -> None:
+    """Refuse text that cannot be stored or shown faithfully."""
+    if "\x00" in value:
+        # NUL bytes break C-string consumers downstream (SQLite shell, log tools).
+        raise ValidationError(f"{name} must not contain NUL characters", name)
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            # JSON's "\ud800" escapes make lone surrogates, which no UTF-8 file can hold.
+            raise ValidationError(f"{name} must be valid Unicode text", name) from None
 
 
 def format_timestamp(moment: datetime) -> str:
@@ -108,7 +119,7 @@ class Activity:
 
 def encode_list(activities: list[Activity]) -> bytes:
     """A JSON array of activities, joined from their stored bytes."""
-    return b"[" + b",".join(a.json for a in activities) + b"]"
+    return b"[" + b",".join([a.json for a in activities]) + b"]"
 
 
 def now_timestamp() -> str:

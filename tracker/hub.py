@@ -18,6 +18,8 @@ from .service import ActivityService
 # Close code for a client whose backlog passed the bound (4000-4999: application codes).
 CLOSE_TOO_SLOW = 4008
 CLOSE_GOING_AWAY = 1001
+# Under load, batches go out at most this often (seconds); light traffic goes at once.
+FLUSH_INTERVAL = 0.005
 
 
 class LiveClient(Protocol):
@@ -52,7 +54,7 @@ def text_frame(payload: bytes) -> bytes:
 
 def activities_message(activities: Sequence[Activity]) -> bytes:
     """{"type": "activities", "items": [...]}, joined from each activity's stored JSON."""
-    return b'{"type":"activities","items":[' + b",".join(a.json for a in activities) + b"]}"
+    return b'{"type":"activities","items":[' + b",".join([a.json for a in activities]) + b"]}"
 
 
 def control_message(kind: str, **fields: Any) -> bytes:
@@ -89,6 +91,7 @@ class LiveHub:
         self._scheduled = False
         self._lock = threading.Lock()
         self._loop: IOLoop | None = None
+        self._last_flush = float("-inf")
         self._unsubscribe = service.subscribe(self._on_recorded)
 
     @property
@@ -108,7 +111,7 @@ class LiveHub:
             self._scheduled = True
         # The only thread-safe way onto the IOLoop; one hop per batch, not per activity.
         assert self._loop is not None
-        self._loop.add_callback(self._flush)
+        self._loop.add_callback(self._schedule_flush)
 
     # -- on the IOLoop ------------------------------------------------------------------
 
@@ -164,7 +167,17 @@ class LiveHub:
             self.detach(client)
             client.close(code, reason)
 
+    def _schedule_flush(self) -> None:
+        assert self._loop is not None
+        wait = self._last_flush + FLUSH_INTERVAL - self._loop.time()
+        if wait > 0:
+            self._loop.call_later(wait, self._flush)
+        else:
+            self._flush()
+
     def _flush(self) -> None:
+        assert self._loop is not None
+        self._last_flush = self._loop.time()
         with self._lock:
             batch, self._pending = self._pending, []
             self._scheduled = False

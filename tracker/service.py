@@ -21,6 +21,8 @@ from .store import SQLiteStore
 # Called with each newly published run of activities, in id order, under the service lock:
 # a subscriber must only hand the activities on (the hub queues them), never block.
 Subscriber = Callable[[Sequence[Activity]], None]
+# What track() answers: the activities, and for each whether this call recorded it.
+Recorded = tuple[list[Activity], list[bool]]
 # Told None once everything up to an id is published, or the error that lost it.
 Waiter = Callable[[BaseException | None], None]
 
@@ -66,24 +68,24 @@ class ActivityService:
 
     # -- recording ---------------------------------------------------------------------
 
-    async def track(
+    def track(
         self, items: Sequence[ActivityInput], keys: Sequence[str | None] | None = None
-    ) -> tuple[list[Activity], list[bool]]:
-        """Record items (a retried key returns its original); resolves once durable.
-
-        Returns the activities and, for each, whether it was recorded by this call.
+    ) -> Recorded | asyncio.Future[Recorded]:
+        """Record items (a retried key returns its original): the activities and, for
+        each, whether this call recorded it. In memory the answer is at hand; with a
+        store, a future that resolves once it is durable (StoreUnavailable if not).
         """
         activities, fresh, wait_for = self._accept(items, keys)
-        if wait_for:
-            loop = asyncio.get_running_loop()
-            future: asyncio.Future[None] = loop.create_future()
+        if not wait_for:
+            return activities, fresh
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Recorded] = loop.create_future()
 
-            def done(error: BaseException | None) -> None:
-                loop.call_soon_threadsafe(_settle, future, error)
+        def done(error: BaseException | None) -> None:
+            loop.call_soon_threadsafe(_settle, future, (activities, fresh), error)
 
-            self._wait(wait_for, done)
-            await future
-        return activities, fresh
+        self._wait(wait_for, done)
+        return future
 
     def record(self, data: ActivityInput) -> Activity:
         """Record one activity from any thread (blocks until durable with a store)."""
@@ -202,9 +204,11 @@ class ActivityService:
         with self._lock:
             size = len(self._buffer)
             if not query.filtered and query.limit is not None and query.limit <= size:
-                # The hot path, from the buffer even with a store. Index from the right
-                # end: a deque reaches its ends in O(1).
-                return [self._buffer[i] for i in range(size - query.limit, size)]
+                # The hot path, from the buffer even with a store: walk back from the
+                # right end at C speed, then put the oldest first.
+                newest = list(itertools.islice(reversed(self._buffer), query.limit))
+                newest.reverse()
+                return newest
             if self.store is not None:
                 published = self._published
             else:
@@ -340,10 +344,12 @@ class ActivityService:
             self.store.close()
 
 
-def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
+def _settle(
+    future: asyncio.Future[Recorded], result: Recorded, error: BaseException | None
+) -> None:
     if future.done():
         return
     if error is None:
-        future.set_result(None)
+        future.set_result(result)
     else:
         future.set_exception(error)

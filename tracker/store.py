@@ -253,7 +253,7 @@ class SQLiteStore:
             conn.execute("BEGIN IMMEDIATE")
             conn.executemany(f"INSERT INTO activities ({_COLUMNS}) VALUES (?,?,?,?,?,?)", rows)
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever it is, the writer must live on
             error = exc
             if conn.in_transaction:
                 conn.execute("ROLLBACK")

@@ -26,6 +26,11 @@ class APIHandler(tornado.web.RequestHandler):
         self.set_header("Cache-Control", "no-store")
         self.set_header("X-Content-Type-Options", "nosniff")
 
+    def compute_etag(self) -> None:
+        # Every answer is Cache-Control: no-store, so no client can use an ETag; without
+        # this Tornado hashes (SHA-1) every GET body and checks If-None-Match.
+        return None
+
     def prepare(self) -> None:
         require_token(self.request, self.settings.get("api_token", ""))
         # The HTTP server's own cap is larger, so most oversized bodies get this JSON 413.
@@ -79,7 +84,18 @@ class APIHandler(tornado.web.RequestHandler):
             body = self.json_body()
             values = {name: body.get(name) for name in FIELD_NAMES}
         else:
-            values = {name: self.argument(name) for name in FIELD_NAMES}
+            args = self.request.arguments
+            values = {}
+            for name in FIELD_NAMES:
+                raw = args.get(name)
+                if not raw:
+                    values[name] = None
+                    continue
+                try:
+                    # The common case inline; argument() explains a repeat or bad bytes.
+                    values[name] = raw[0].decode() if len(raw) == 1 else self.argument(name)
+                except UnicodeDecodeError:
+                    values[name] = self.argument(name)
         return self.validated(values)
 
     @staticmethod

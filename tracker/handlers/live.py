@@ -6,7 +6,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import tornado.websocket
-from tornado.iostream import StreamClosedError
+from tornado.iostream import IOStream, StreamClosedError
 
 from ..hub import LiveHub
 from ..query import Query
@@ -83,6 +83,21 @@ class LiveHandler(tornado.websocket.WebSocketHandler):
         if conn is None or conn.is_closing():
             return None
         stream = conn.stream  # type: ignore[attr-defined]
+        if stream.closed():
+            return None
+        if not stream.writing() and type(stream) is IOStream:
+            # Nothing queued (and no TLS layer): give the frame to the kernel directly.
+            # IOStream.write would cost a Future and buffer bookkeeping per client per
+            # batch, and the garbage it makes brought 25-70 ms GC pauses at 1,000 clients.
+            try:
+                sent = stream.socket.send(frame)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                return None
+            if sent == len(frame):
+                return True
+            frame = memoryview(frame)[sent:]
         try:
             pending = stream.write(frame)
         except StreamClosedError:

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from typing import Any
 
 from tornado.iostream import StreamClosedError
 
-from ..activity import Activity, ActivityInput, encode_list
-from ..service import ActivityService, StoreUnavailable
+from ..activity import Activity, ValidationError, check_text, encode_list
+from ..service import ActivityService, Recorded, StoreUnavailable
 from . import params
 from .base import FIELD_NAMES, APIHandler
 from .errors import ApiError
@@ -34,14 +36,25 @@ class MetricsHandler(APIHandler):
         self.service = service
         self.max_batch = max_batch
 
-    async def record(
-        self, items: list[ActivityInput], keys: list[str | None]
-    ) -> tuple[list[Activity], list[bool]]:
-        """Record through the service; a store that cannot commit is a 503."""
+    def answer(
+        self, outcome: Recorded | asyncio.Future[Recorded], respond: Callable[..., None]
+    ) -> Awaitable[None] | None:
+        """Respond at once when the service has recorded (in memory), or once the store
+        has committed; Tornado awaits what a handler method returns.
+        """
+        if isinstance(outcome, asyncio.Future):
+            return self._answer_when_durable(outcome, respond)
+        respond(*outcome)
+        return None
+
+    async def _answer_when_durable(
+        self, pending: asyncio.Future[Recorded], respond: Callable[..., None]
+    ) -> None:
         try:
-            return await self.service.track(items, keys)
+            recorded = await pending
         except StoreUnavailable:
             raise ApiError(503, "activity could not be stored; nothing was recorded") from None
+        respond(*recorded)
 
     @staticmethod
     def idempotency_key(value: object, index: int | None) -> str | None:
@@ -52,16 +65,22 @@ class MetricsHandler(APIHandler):
             return None
         if not isinstance(value, str) or not 0 < len(value) <= KEY_MAX or not value.strip():
             raise ApiError(400, f"{prefix}{name} must be 1-{KEY_MAX} characters", name, index)
+        try:
+            check_text(value, name)
+        except ValidationError as exc:
+            raise ApiError(400, prefix + exc.message, name, index) from None
         return value
 
 
 class TrackHandler(MetricsHandler):
     """POST /api/metrics/track: validate, record, answer once durable with the activity."""
 
-    async def post(self) -> None:
+    def post(self) -> Awaitable[None] | None:
         data = self.activity_input()
         key = self.idempotency_key(self.request.headers.get("Idempotency-Key"), None)
-        activities, fresh = await self.record([data], [key])
+        return self.answer(self.service.track((data,), (key,)), self._respond)
+
+    def _respond(self, activities: list[Activity], fresh: list[bool]) -> None:
         if not fresh[0]:
             self.set_header("Idempotent-Replayed", "true")
         self.write_json(activities[0].json)
@@ -70,7 +89,7 @@ class TrackHandler(MetricsHandler):
 class BatchHandler(MetricsHandler):
     """POST /api/metrics/track/batch: a JSON array, all validated before any is recorded."""
 
-    async def post(self) -> None:
+    def post(self) -> Awaitable[None] | None:
         items = self.json_body(list)
         if not items:
             raise ApiError(400, "batch is empty")
@@ -83,10 +102,12 @@ class BatchHandler(MetricsHandler):
             values = {name: item.get(name) for name in FIELD_NAMES}
             inputs.append(self.validated(values, index))
             keys.append(self.idempotency_key(item.get("event_id"), index))
-        recorded, fresh = await self.record(inputs, keys)
+        return self.answer(self.service.track(inputs, keys), self._respond)
+
+    def _respond(self, activities: list[Activity], fresh: list[bool]) -> None:
         self.write_json(
             b'{"count":%d,"recorded":%d,"items":%s}'
-            % (len(recorded), sum(fresh), encode_list(recorded))
+            % (len(activities), sum(fresh), encode_list(activities))
         )
 
 

@@ -63,7 +63,7 @@ def timestamp(args: Arguments, name: str) -> str | None:
     text = _SPACED_OFFSET.sub(r"+\1", raw.strip())
     try:
         return canonical_time(datetime.fromisoformat(text))
-    except ValueError:
+    except (ValueError, OverflowError):  # overflow: in range, but not once moved to UTC
         raise ApiError(
             400, f"{name} must be an ISO 8601 time, such as 2025-11-05T10:30:00Z", name
         ) from None
