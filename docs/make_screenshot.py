@@ -2,6 +2,10 @@
 
 Usage: python docs/make_screenshot.py [--out docs/dashboard.png] [--width 1280 --height 800]
 Needs Playwright for Python and a Chromium (Debian's /usr/bin/chromium by default).
+
+The server runs with a temporary --db seeded with most of an hour of made-up
+traffic (timestamps in the past), so the rate chart and the top lists have a history;
+the activities in the log's top rows are then recorded over HTTP as any client would.
 """
 
 from __future__ import annotations
@@ -9,18 +13,39 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import urllib.request
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tracker.activity import Activity, ActivityInput, format_timestamp  # noqa: E402
+from tracker.store import SQLiteStore  # noqa: E402
+
 DASHBOARD = "/api/ui-dashboard/metrics-dashboard-ui"
+
+# The seeded history: who did what, and how often (weights).
+HISTORY_USERS = [("user_123", 9), ("maria.k", 7), ("user_456", 6), ("jdoe", 3), ("ops-bot", 2)]
+HISTORY_ACTIONS = [
+    ("view_page", 12),
+    ("login", 5),
+    ("search", 5),
+    ("add_to_cart", 3),
+    ("logout", 3),
+    ("checkout", 1),
+]
+HISTORY_MINUTES = 56
 
 # Oldest first, as a morning on a small web shop might look.
 ACTIVITIES = [
@@ -50,10 +75,35 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(port: int) -> subprocess.Popen:
-    """`python run.py --port PORT`, returned once it prints its URL."""
+def seed_history(db: str) -> None:
+    """Write HISTORY_MINUTES of past traffic (a morning ramp) into a new database."""
+    rng = random.Random(7)
+    now = datetime.now(timezone.utc).replace(second=0, microsecond=0)
+    users, user_weights = zip(*HISTORY_USERS, strict=True)
+    actions, action_weights = zip(*HISTORY_ACTIONS, strict=True)
+    activities = []
+    for minute in range(HISTORY_MINUTES, 0, -1):
+        start = now - timedelta(minutes=minute)
+        ramp = 1 - minute / HISTORY_MINUTES  # busier towards now
+        wave = 1 + 0.6 * ((HISTORY_MINUTES - minute) % 9 in (3, 4))  # a few busy spells
+        per_minute = max(0, round(rng.gauss(2 + 9 * ramp * wave, 1.6)))
+        for second in sorted(rng.uniform(0, 59.9) for _ in range(per_minute)):
+            data = ActivityInput(
+                rng.choices(users, user_weights)[0], rng.choices(actions, action_weights)[0]
+            )
+            moment = format_timestamp(start + timedelta(seconds=second))
+            activities.append(Activity.create(len(activities) + 1, data, moment))
+    store = SQLiteStore(db)
+    committed = threading.Event()
+    store.append(activities, lambda error: committed.set())
+    committed.wait(10)
+    store.close()
+
+
+def start_server(port: int, db: str) -> subprocess.Popen:
+    """`python run.py --port PORT --db DB`, returned once it prints its URL."""
     proc = subprocess.Popen(
-        [sys.executable, "run.py", "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "run.py", "--host", "127.0.0.1", "--port", str(port), "--db", db],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -87,11 +137,17 @@ def main() -> None:
         "--chromium", default=os.environ.get("CHROMIUM", "/usr/bin/chromium"), help="browser"
     )
     parser.add_argument("--dark", action="store_true", help="use the dark colour scheme")
+    parser.add_argument(
+        "--viewport-only", action="store_true", help="only the first screen, not the full page"
+    )
     args = parser.parse_args()
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    server = start_server(port)
+    workdir = tempfile.TemporaryDirectory()
+    db = os.path.join(workdir.name, "screenshot.db")
+    seed_history(db)
+    server = start_server(port, db)
     try:
         for user_id, action, details in ACTIVITIES[:-1]:
             track(base, user_id, action, details)
@@ -111,20 +167,29 @@ def main() -> None:
             page.goto(base + DASHBOARD)
             page.wait_for_selector("#connection-state[data-state=live]")
             # The last one arrives live, so the picture shows the arrival highlight.
-            track(base, *ACTIVITIES[-1])
+            last = ACTIVITIES[-1]
+            track(base, *last)
             # A function, not an expression string: the page's CSP forbids eval.
             page.wait_for_function(
-                "n => document.querySelectorAll('#activity-log li').length === n",
-                arg=len(ACTIVITIES),
+                "action => document.querySelector('#activity-log li .cell-action')"
+                "?.textContent === action",
+                arg=last[1],
+            )
+            # The summary has caught up with the last one (it refreshes soon after activity).
+            total = json.load(urllib.request.urlopen(base + "/api/metrics/summary"))["total"]
+            page.wait_for_function(
+                "n => document.getElementById('stat-total').dataset.value === String(n)",
+                arg=total,
             )
             page.fill("#user-id", "user_123")
             page.fill("#action", "share")
             page.wait_for_timeout(300)  # let the arrival highlight settle part way
-            page.screenshot(path=args.out)
+            page.screenshot(path=args.out, full_page=not args.viewport_only)
             browser.close()
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=10)
+        workdir.cleanup()
     print(f"wrote {args.out}")
 
 

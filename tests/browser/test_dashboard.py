@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import csv
 import http.client
+import io
 import json
 import re
 import threading
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 from zoneinfo import ZoneInfo
+
+import pytest
 
 from .conftest import Server
 
@@ -333,6 +339,18 @@ def test_page_has_a_strict_csp_and_violates_none(page: Any, server: Server) -> N
     page.click("#pause")
     wait_for_rows(page, [2, 1])
     page.click("#refresh")
+    # The summary (uPlot styles its elements through the CSSOM), the filters, Export.
+    page.wait_for_selector("#rate-chart canvas")
+    page.wait_for_selector("#top-users > li")
+    page.hover("#rate-chart .u-over")
+    page.wait_for_function(
+        "() => !document.getElementById('rate-legend').textContent.startsWith('This minute')"
+    )
+    page.click("#top-users > li:first-child .top-name")
+    wait_for_text(page, "#filter-status", "Showing user “csp”")
+    with page.expect_download():
+        page.click("#export-ndjson")
+    page.click("#filter-clear")
     page.fill("#user-id", "")
     page.press("#action", "Enter")
     page.wait_for_selector("#form-error:not([hidden])")
@@ -360,7 +378,9 @@ def test_token_is_asked_for_once_and_never_put_in_a_url(
     page.fill("#token-input", "wrong")
     page.press("#token-input", "Enter")
     wait_for_text(page, "#token-error", "wrong token")  # the server's message
-    assert page.get_attribute("#connection-state", "data-state") == "unauthorized"
+    # The summary's request may be refused before the socket's: the state follows.
+    wait_for_state(page, "unauthorized")
+    assert page.is_visible("#token-dialog")
 
     page.fill("#token-input", token)
     page.press("#token-input", "Enter")
@@ -378,3 +398,227 @@ def test_token_is_asked_for_once_and_never_put_in_a_url(
     wait_for_rows(page, [activity["id"] + 1, activity["id"]])
     assert not page.is_visible("#token-dialog")
     assert socket_urls and not any(token in url for url in socket_urls)
+
+
+# -- filters, summary, export --------------------------------------------------------------
+
+# A query parameter of a filter sent with an empty value (the server answers 400 for it).
+EMPTY_FILTER = re.compile(r"[?&](user_id|action)=(&|$)")
+
+
+def wait_for_summary(page: Any, total: int, timeout: float = 5000) -> None:
+    """Wait until the summary panel shows `total` activities and is not marked stale."""
+    page.wait_for_function(
+        """total => document.getElementById('stat-total').dataset.value === String(total)
+            && document.getElementById('summary').getAttribute('aria-busy') === 'false'""",
+        arg=total,
+        timeout=timeout,
+    )
+
+
+def shown_summary(page: Any) -> dict[str, Any]:
+    """The figures the summary panel shows: totals, top lists, the chart's numbers."""
+    return page.evaluate(
+        """() => {
+            const top = (id, key) => [...document.querySelectorAll(`#${id} > li`)].map(li => ({
+                [key]: li.querySelector('.top-name').textContent,
+                count: Number(li.dataset.count),
+                text: li.querySelector('.top-count').textContent,
+            }));
+            const number = id => Number(document.getElementById(id).dataset.value);
+            const chart = document.getElementById('rate-chart');
+            const minutes = [...document.querySelectorAll('#rate-table tbody tr')].map(row =>
+                [row.querySelector('time').dateTime, Number(row.querySelector('td').textContent)]);
+            return {
+                total: number('stat-total'),
+                total_text: document.getElementById('stat-total').textContent,
+                distinct_users: number('stat-users'),
+                actions: top('top-actions', 'action'),
+                users: top('top-users', 'user_id'),
+                window_total: Number(chart.dataset.windowTotal),
+                peak: Number(chart.dataset.peak),
+                legend: document.getElementById('rate-legend').textContent,
+                minutes: Object.fromEntries(minutes),
+                canvas: chart.querySelector('canvas') !== null,
+            };
+        }"""
+    )
+
+
+def assert_summary_matches(page: Any, expected: dict[str, Any]) -> None:
+    """The panel's figures are those of GET /api/metrics/summary."""
+    shown = shown_summary(page)
+    assert shown["total"] == expected["total"]
+    assert shown["total_text"] == f"{expected['total']:,}"
+    assert shown["distinct_users"] == expected["distinct_users"]
+    assert shown["actions"] == [
+        {"action": a["action"], "count": a["count"], "text": f"{a['count']:,}"}
+        for a in expected["actions"]
+    ]
+    assert shown["users"] == [
+        {"user_id": u["user_id"], "count": u["count"], "text": f"{u['count']:,}"}
+        for u in expected["users"]
+    ]
+    # Everything was recorded in the last few minutes: all of it is in the chart's hour.
+    per_minute = {p["minute"]: p["count"] for p in expected["per_minute"]}
+    assert shown["window_total"] == sum(per_minute.values())
+    assert shown["peak"] == max(per_minute.values(), default=0)
+    assert f"Last hour {shown['window_total']:,}" in shown["legend"]
+    # The screen-reader table of the last minutes agrees minute by minute.
+    assert set(per_minute) <= set(shown["minutes"])
+    assert shown["minutes"] == {m: per_minute.get(m, 0) for m in shown["minutes"]}
+    assert shown["canvas"]  # uPlot drew the chart
+
+
+def test_user_filter_narrows_the_log_and_the_live_feed(dashboard: Any, server: Server) -> None:
+    page = dashboard
+    sockets: list[str] = []
+    requests: list[str] = []
+    page.on("websocket", lambda ws: sockets.append(ws.url))
+    page.on("request", lambda request: requests.append(request.url))
+    for user, action in [("alice", "login"), ("bob", "login"), ("alice", "view"), ("carol", "x")]:
+        server.track(user, action)
+    wait_for_rows(page, [4, 3, 2, 1])
+
+    # Typed key by key: the filter applies once typing pauses, not at every key.
+    page.locator("#filter-user").press_sequentially("alice", delay=40)
+    wait_for_rows(page, [3, 1])
+    assert row_texts(page, ".cell-user") == ["alice", "alice"]
+    filtered = [url for url in sockets if "user_id=" in url]
+    # Not a reconnect per key (five keys; a stalled machine may let one pause through).
+    assert 1 <= len(filtered) < len("alice"), filtered
+    assert "since=0" in filtered[-1] and filtered[-1].endswith("user_id=alice")
+    # The filter is visible, clearable, and kept in the page's URL.
+    assert page.text_content("#filter-status") == "Showing user “alice”"
+    assert page.is_visible("#filter-clear")
+    assert "user_id=alice" in page.url
+    assert "user_id=alice" in page.get_attribute("#export-csv", "href")
+
+    # Live: another user's activity first, then a matching one; only the second shows.
+    other = server.track("bob", "purchase")
+    mine = server.track("alice", "purchase")
+    wait_for_rows(page, [mine["id"], 3, 1])
+    assert page.locator(f'#activity-log > li[data-id="{other["id"]}"]').count() == 0
+
+    # Refresh reloads with the filter too.
+    with page.expect_response(re.compile(r"/api/metrics/activities\?")) as reloaded:
+        page.click("#refresh")
+    assert reloaded.value.status == 200 and "user_id=alice" in reloaded.value.url
+    page.wait_for_selector("#refresh:not([disabled])")
+    assert row_ids(page) == [mine["id"], 3, 1]
+
+    # A reload keeps the filter (it is in the URL).
+    page.reload()
+    wait_for_state(page, "live")
+    wait_for_rows(page, [mine["id"], 3, 1])
+    assert page.input_value("#filter-user") == "alice"
+
+    # A filter that matches nothing says so.
+    page.fill("#filter-action", "nothing-like-this")
+    page.press("#filter-action", "Enter")
+    page.wait_for_selector("#log-no-match:not([hidden])")
+    assert row_ids(page) == [] and page.is_hidden("#log-empty")
+
+    # Clear: everything again, and the feed is unfiltered.
+    page.click("#filter-clear")
+    wait_for_rows(page, [mine["id"], other["id"], 4, 3, 2, 1])
+    assert page.is_hidden("#filter-clear")
+    assert page.text_content("#filter-status") == "Showing all activities"
+    assert "user_id" not in sockets[-1] and "action" not in sockets[-1]
+    assert "user_id" not in page.url
+    # A blank filter was never sent as an empty value.
+    assert not [url for url in sockets + requests if EMPTY_FILTER.search(url)]
+
+
+def test_summary_shows_the_server_figures_and_stays_live(dashboard: Any, server: Server) -> None:
+    page = dashboard
+    # Seven users and five actions with uneven counts: the top 5 leave some out.
+    users = {"ann": 9, "ben": 7, "cat": 5, "dan": 4, "eve": 3, "fay": 2, "gus": 1}
+    actions = ["view", "view", "login", "search", "view", "buy", "login", "share"]
+    names = [name for name, n in users.items() for _ in range(n)]
+    items = [{"user_id": name, "action": actions[i % len(actions)]} for i, name in enumerate(names)]
+    items.append({"user_id": "<b>bold</b>", "action": "<img src=x onerror=alert(1)>"})
+    status, body = server.request("POST", "/api/metrics/track/batch", items)
+    assert status == 200, body
+    status, expected = server.request("GET", "/api/metrics/summary?top=5")
+    assert status == 200 and expected["total"] == len(items)
+    wait_for_summary(page, expected["total"])
+    assert_summary_matches(page, expected)
+    # Names are text: the markup-looking user is a name, not an element.
+    assert page.locator("#summary img, #summary b").count() == 0
+
+    # Soon after live activity, not at the next periodic refresh (every 5 s): the figures
+    # just settled, so only the live trigger can update them within 3 s.
+    for _ in range(3):
+        server.track("zed", "rare")
+    status, expected = server.request("GET", "/api/metrics/summary?top=5")
+    wait_for_summary(page, expected["total"], timeout=3000)
+    assert_summary_matches(page, expected)
+
+    # A top action is a filter: the summary, the log and the chart narrow to it.
+    top_action = expected["actions"][0]["action"]
+    page.click("#top-actions > li:first-child .top-name")
+    assert page.input_value("#filter-action") == top_action
+    status, narrowed = server.request(
+        "GET", f"/api/metrics/summary?top=5&action={quote(top_action)}"
+    )
+    assert narrowed["total"] < expected["total"]
+    wait_for_summary(page, narrowed["total"])
+    assert_summary_matches(page, narrowed)
+    assert [a["action"] for a in narrowed["actions"]] == [top_action]
+    page.wait_for_function(
+        "n => document.querySelectorAll('#activity-log > li').length === n",
+        arg=narrowed["total"],
+    )
+    assert set(row_texts(page, ".cell-action")) == {top_action}
+
+
+@pytest.mark.parametrize("token", [None, "export-token"], ids=["link", "with-token"])
+def test_export_downloads_the_filtered_activities_as_csv(
+    page: Any, make_server: Callable[..., Server], token: str | None
+) -> None:
+    server = make_server(["--api-token", token] if token else [], token=token)
+    if token:  # as if entered in the dialog earlier in this tab
+        page.add_init_script(f"sessionStorage.setItem('tracker.token', {json.dumps(token)})")
+    export_requests: list[Any] = []
+    page.on(
+        "request",
+        lambda r: export_requests.append(r) if "/api/metrics/export" in r.url else None,
+    )
+    page.goto(server.dashboard_url)
+    wait_for_state(page, "live")
+    server.track("alice", "login", 'said "hi", then\nleft')
+    server.track("bob", "login", "not alice")
+    server.track("alice", "note", '=HYPERLINK("http://x")')
+    server.track("alice", "logout", None)
+    wait_for_rows(page, [4, 3, 2, 1])
+
+    page.fill("#filter-user", "alice")
+    page.press("#filter-user", "Enter")
+    wait_for_rows(page, [4, 3, 1])
+    with page.expect_download() as info:
+        page.click("#export-csv")
+    download = info.value
+    assert re.fullmatch(r"activities-\d{8}T\d{6}Z\.csv", download.suggested_filename)
+    text = Path(download.path()).read_text(encoding="utf-8")
+
+    def cell(value: str | None) -> str:
+        value = value or ""
+        return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+
+    status, expected = server.request("GET", "/api/metrics/activities?user_id=alice&limit=1000")
+    assert status == 200 and [a["id"] for a in expected] == [1, 3, 4]
+    rows = list(csv.reader(io.StringIO(text, newline="")))
+    assert rows[0] == ["id", "user_id", "action", "timestamp", "details"]
+    assert rows[1:] == [
+        [str(a["id"]), a["user_id"], a["action"], a["timestamp"], cell(a["details"])]
+        for a in expected
+    ]
+    if token:  # fetched with the header, saved from a Blob; the token is never in the URL
+        assert download.url.startswith("blob:")
+        [request] = export_requests
+        assert request.headers.get("authorization") == f"Bearer {token}"
+        url = request.url
+    else:  # a plain link: the browser streams the server's file to disk
+        url = download.url
+    assert "format=csv" in url and "user_id=alice" in url and "token" not in url

@@ -41,7 +41,7 @@ export function localTime(timestamp) {
 const TONES = 6;
 
 /** A stable colour class for an action name, so the same action always looks alike. */
-function toneOf(action) {
+export function toneOf(action) {
   let hash = 0;
   for (let i = 0; i < action.length; i++) hash = (hash * 31 + action.charCodeAt(i)) | 0;
   return `tone-${Math.abs(hash) % TONES}`;

@@ -1,8 +1,17 @@
-// The metrics dashboard: wires the form, the live log, Pause and Refresh together.
-// Plain ES modules, no build step; every value reaches the page as text.
+// The metrics dashboard: wires the form, the filters, the live log, the summary, Pause,
+// Refresh and Export together. Plain ES modules, no build step; every value reaches the
+// page as text.
 
 import { ActivityLog, MAX_ROWS } from "./activity-log.js";
+import {
+  FilterControls,
+  describeFilters,
+  filterParams,
+  matches,
+  withFilters,
+} from "./filters.js";
 import { LiveFeed } from "./live-feed.js";
+import { SummaryPanel } from "./summary-panel.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -13,6 +22,7 @@ const formError = $("form-error");
 const formStatus = $("form-status");
 const list = $("activity-log");
 const emptyNote = $("log-empty");
+const noMatchNote = $("log-no-match");
 const summary = $("log-summary");
 const pending = $("pending-count");
 const pauseButton = $("pause");
@@ -25,6 +35,9 @@ const tokenForm = $("token-form");
 const tokenInput = $("token-input");
 const tokenError = $("token-error");
 const tokenOpen = $("token-open");
+const filterStatus = $("filter-status");
+const exportLinks = { csv: $("export-csv"), ndjson: $("export-ndjson") };
+const exportError = $("export-error");
 
 const count = new Intl.NumberFormat();
 
@@ -73,10 +86,44 @@ $("curl-example").textContent = [
   `     ${origin}/api/metrics/track`,
 ].join("\n");
 
+// -- filters ---------------------------------------------------------------------------
+
+const filters = new FilterControls({
+  form: $("filter-form"),
+  inputs: { user_id: $("filter-user"), action: $("filter-action") },
+  clearButton: $("filter-clear"),
+  onChange: filtersChanged,
+});
+
+function showFilters() {
+  const current = filters.current;
+  const described = describeFilters(current);
+  filterStatus.textContent = described ? `Showing ${described}` : "Showing all activities";
+  filterStatus.classList.toggle("is-filtered", filters.active);
+  for (const [format, link] of Object.entries(exportLinks)) {
+    link.href = withFilters("/api/metrics/export", current, { format });
+  }
+}
+
+/** New filters: the log starts over from what matches, live and summary alike. */
+function filtersChanged() {
+  showFilters();
+  logError.hidden = true;
+  exportError.hidden = true;
+  refreshGeneration += 1; // a Refresh still in flight answers for the old filters
+  setPaused(false); // another view: show it, rather than count it as "new"
+  log.reset();
+  feed.restart(); // since=0 with the filters: the server replays the matching buffer
+  summaryPanel.restart();
+}
+
+// -- the log ---------------------------------------------------------------------------
+
 const log = new ActivityLog(list, {
   onRender(current) {
     const rows = list.childElementCount;
-    emptyNote.hidden = rows > 0;
+    emptyNote.hidden = rows > 0 || filters.active;
+    noMatchNote.hidden = rows > 0 || !filters.active;
     const shown = `${count.format(rows)} shown`;
     summary.textContent = rows === 0 ? "" : rows >= MAX_ROWS ? `latest ${shown}` : shown;
     pending.hidden = !current.paused;
@@ -89,9 +136,16 @@ const feed = new LiveFeed({
     connection.dataset.state = state;
     connectionText.textContent = STATE_TEXT[state] ?? state;
   },
-  onReset: () => log.reset(),
-  onActivities: (items) => log.merge(items),
+  onReset() {
+    log.reset();
+    summaryPanel.poke();
+  },
+  onActivities(items) {
+    log.merge(items);
+    summaryPanel.poke();
+  },
   protocols: () => (token ? ["tracker", `bearer.${token}`] : undefined),
+  params: () => filterParams(filters.current),
   async checkAccess() {
     try {
       return (await api("/api/metrics/activities?limit=0")).status !== 401;
@@ -99,6 +153,12 @@ const feed = new LiveFeed({
       return true; // unreachable is not refused: keep retrying
     }
   },
+});
+
+const summaryPanel = new SummaryPanel({
+  api,
+  filters: () => filters.current,
+  onPick: (values) => filters.set({ ...filters.current, ...values }),
 });
 
 tokenForm.addEventListener("submit", (event) => {
@@ -112,6 +172,7 @@ tokenForm.addEventListener("submit", (event) => {
   tokenDialog.close();
   tokenOpen.hidden = true;
   feed.reconnectNow();
+  summaryPanel.resume();
 });
 
 tokenOpen.addEventListener("click", () => askForToken(""));
@@ -174,7 +235,8 @@ form.addEventListener("submit", async (event) => {
     }
     const activity = await response.json();
     // Shown at once, even if the live feed is down; the feed's copy merges by id.
-    log.merge([activity]);
+    if (matches(filters.current, activity)) log.merge([activity]);
+    summaryPanel.poke();
     // Keep the user (people record several things in a row); clear what was said.
     fields.action.value = "";
     fields.details.value = "";
@@ -198,26 +260,37 @@ for (const input of Object.values(fields)) {
 
 // -- Pause and Refresh -------------------------------------------------------------------
 
-pauseButton.addEventListener("click", () => {
-  if (log.paused) log.resume();
-  else log.pause();
+function setPaused(paused) {
+  if (paused === log.paused) return;
+  if (paused) log.pause();
+  else log.resume();
   pauseButton.textContent = log.paused ? "Resume" : "Pause";
   pauseButton.setAttribute("aria-pressed", String(log.paused));
   list.closest(".log-card").classList.toggle("is-paused", log.paused);
-});
+}
+
+pauseButton.addEventListener("click", () => setPaused(!log.paused));
+
+let refreshGeneration = 0;
 
 refreshButton.addEventListener("click", async () => {
   refreshButton.disabled = true;
   logError.hidden = true;
   // A Refresh while the feed is down is also a "try now".
   feed.reconnectNow();
+  summaryPanel.resume();
+  const generation = refreshGeneration;
   try {
-    const response = await api(`/api/metrics/activities?limit=${MAX_ROWS}`);
+    const path = withFilters("/api/metrics/activities", filters.current, {
+      limit: String(MAX_ROWS),
+    });
+    const response = await api(path);
     if (!response.ok) {
       const error = await serverError(response, `HTTP ${response.status}`);
       throw new Error(error.message);
     }
     const items = await response.json();
+    if (generation !== refreshGeneration) return; // the filters changed meanwhile
     // While live, anything newer than the list came over the feed after it was read.
     log.replace(items, feed.live);
   } catch (error) {
@@ -231,5 +304,60 @@ refreshButton.addEventListener("click", async () => {
   }
 });
 
+// -- Export ------------------------------------------------------------------------------
+
+/** The file name from a Content-Disposition header, if it has a plain one. */
+function fileName(disposition, fallback) {
+  const match = /filename="([^"\\/]+)"/.exec(disposition ?? "");
+  return match ? match[1] : fallback;
+}
+
+/**
+ * Download with the token: a link cannot send the Authorization header, so fetch the file
+ * and save it from a Blob. (Without a token the links are followed as they are, and the
+ * browser streams the export to disk however large it is.)
+ */
+async function downloadWithToken(link, format) {
+  exportError.hidden = true;
+  link.setAttribute("aria-busy", "true");
+  try {
+    const response = await api(link.href);
+    if (!response.ok) {
+      const error = await serverError(response, `HTTP ${response.status}`);
+      throw new Error(error.message);
+    }
+    const blob = await response.blob();
+    const url = URL.createObjectURL(blob);
+    const save = document.createElement("a");
+    save.href = url;
+    save.download = fileName(response.headers.get("Content-Disposition"), `activities.${format}`);
+    save.hidden = true;
+    document.body.append(save);
+    save.click();
+    save.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60_000);
+  } catch (error) {
+    exportError.textContent =
+      error instanceof TypeError
+        ? "Could not export: the server cannot be reached."
+        : `Could not export: ${error.message}`;
+    exportError.hidden = false;
+  } finally {
+    link.removeAttribute("aria-busy");
+  }
+}
+
+for (const [format, link] of Object.entries(exportLinks)) {
+  link.addEventListener("click", (event) => {
+    exportError.hidden = true;
+    if (!token && feed.state !== "unauthorized") return; // a plain download
+    event.preventDefault();
+    if (!token) askForToken("");
+    else if (!link.hasAttribute("aria-busy")) downloadWithToken(link, format);
+  });
+}
+
+showFilters();
 log.render();
 feed.start();
+summaryPanel.start();

@@ -28,6 +28,7 @@ export class LiveFeed {
     onReset,
     onActivities,
     protocols = () => undefined,
+    params = () => [],
     checkAccess = async () => true,
   }) {
     this.path = path;
@@ -35,6 +36,7 @@ export class LiveFeed {
     this.onReset = onReset;
     this.onActivities = onActivities;
     this.protocols = protocols;
+    this.params = params;
     this.checkAccess = checkAccess;
     this.storeId = null; // the store the ids below belong to
     this.lastId = 0; // the newest id this feed has delivered from that store
@@ -67,10 +69,28 @@ export class LiveFeed {
     this.connect();
   }
 
+  /**
+   * Start over (the filters changed): drop the socket and connect again with since=0, so
+   * the server replays the buffer's matching activities before the live ones. The caller
+   * empties the log first. Anything the old socket still delivers is ignored.
+   */
+  restart() {
+    const old = this.socket;
+    this.socket = null;
+    clearTimeout(this.helloTimer);
+    clearTimeout(this.retryTimer);
+    this.retryTimer = 0;
+    this.lastId = 0;
+    if (old) old.close(1000, "filters changed");
+    if (this.state === "unauthorized") return; // waits for a token (reconnectNow)
+    this.connect();
+  }
+
   url() {
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
     const params = new URLSearchParams({ since: String(this.lastId) });
     if (this.storeId) params.set("store", this.storeId);
+    for (const [name, value] of this.params()) params.append(name, value);
     return `${scheme}//${location.host}${this.path}?${params}`;
   }
 
