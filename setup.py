@@ -11,7 +11,7 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     packages=find_packages(include=["tracker", "tracker.*"]),
-    package_data={"tracker": ["static/*", "static/vendor/*"]},
+    package_data={"tracker": ["openapi.json", "static/*", "static/vendor/*"]},
     include_package_data=True,
     install_requires=[
         # 6.3+ for the WebSocket stream and ping settings the hub relies on.
@@ -25,6 +25,10 @@ setup(
             "setuptools>=70,<80.9",
             "playwright>=1.45,<2",
             "ruff>=0.6,<1",
+            # tests/test_openapi.py: responses against tracker/openapi.json (2020-12 + referencing).
+            "jsonschema>=4.18,<5",
+            # tests/test_fuzz.py: exact, since a derandomized fuzzer's inputs follow its version.
+            "schemathesis==4.32.5",
         ],
     },
 )

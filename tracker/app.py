@@ -5,7 +5,7 @@ from __future__ import annotations
 import tornado.web
 
 from .config import Settings
-from .handlers import dashboard, live, metrics
+from .handlers import dashboard, live, metrics, openapi
 from .handlers.base import NotFoundHandler
 from .handlers.dashboard import STATIC_DIR
 from .hub import LiveHub
@@ -21,6 +21,7 @@ def make_app(service: ActivityService, hub: LiveHub, settings: Settings) -> torn
         *metrics.routes(service, settings.max_body_size, settings.max_batch),
         *live.routes(hub, settings.allowed_origins, settings.ws_max_clients),
         *dashboard.routes(),
+        *openapi.routes(settings.max_body_size),
         # Last, not through the static_path setting, which puts three routes (/static/,
         # /favicon.ico, /robots.txt) before every API route: each request paid for them.
         (r"/static/(.*)", dashboard.StaticHandler, {"path": str(STATIC_DIR)}),

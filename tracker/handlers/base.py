@@ -64,7 +64,7 @@ class APIHandler(tornado.web.RequestHandler):
         except (ValueError, RecursionError):
             raise ApiError(400, "request body is not valid JSON") from None
         if not isinstance(value, kind):
-            name = "an object" if kind is dict else "an array"
+            name = "object" if kind is dict else "array"
             raise ApiError(400, f"request body must be a JSON {name}")
         return value
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import tornado.web
+
+from .errors import JSON_TYPE, error_body
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
@@ -27,6 +30,13 @@ class DashboardHandler(tornado.web.RequestHandler):
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Referrer-Policy", "no-referrer")
         self.set_header("X-Frame-Options", "DENY")
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        # The page's errors (a 405 for a POST, say) are the one JSON shape too.
+        message = "internal server error" if status_code >= 500 else self._reason.lower()
+        self.set_header("Content-Type", JSON_TYPE)
+        self.set_header("Cache-Control", "no-store")
+        self.finish(error_body(status_code, message))
 
     def get(self) -> None:
         self.set_header("Content-Type", "text/html; charset=UTF-8")

@@ -58,6 +58,22 @@ class LiveHandler(tornado.websocket.WebSocketHandler):
         # Same origin: the Origin's host:port is the Host this request was sent to.
         return urlparse(origin).netloc.lower() == self.request.headers.get("Host", "").lower()
 
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        # A 405 (POST, say) or an unexpected error: the one JSON shape, as on every path.
+        message = "internal server error" if status_code >= 500 else self._reason.lower()
+        self.set_header("Content-Type", JSON_TYPE)
+        self.finish(error_body(status_code, message))
+
+    def finish(self, chunk: Any = None) -> Any:
+        # Tornado refuses a bad upgrade itself (400, 403 for another site's Origin, 426)
+        # with plain text or nothing; our own refusals are JSON bytes already.
+        status = self.get_status()
+        if status >= 400 and not isinstance(chunk, bytes):
+            message = (chunk or self._reason).strip().rstrip(".") or "refused"
+            self.set_header("Content-Type", JSON_TYPE)
+            chunk = error_body(status, message)
+        return super().finish(chunk)
+
     def select_subprotocol(self, subprotocols: list[str]) -> str | None:
         # Never echo the "bearer.<token>" offer back; pick the plain protocol name.
         return WS_PROTOCOL if WS_PROTOCOL in subprotocols else None

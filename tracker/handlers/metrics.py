@@ -7,6 +7,7 @@ import csv
 import io
 import json
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -126,7 +127,9 @@ class SummaryHandler(MetricsHandler):
 
     def get(self) -> None:
         args = self.request.arguments
-        query = params.query(args, default_limit=None, cap=None)
+        # limit is checked as the other readers check it, then ignored: a summary covers
+        # every match, in memory and with --db alike.
+        query = replace(params.query(args, default_limit=None, cap=None), limit=None)
         top = params.count(args, "top", DEFAULT_TOP, 1000)
         assert top is not None
         self.write_json(json.dumps(self.service.summary(query, top)).encode())
