@@ -223,6 +223,12 @@ class SQLiteStore:
 
     def _write_loop(self) -> None:
         conn = self._connect()
+        # The user index takes each row at a random place, so a group commit dirties
+        # about a page per row. Checkpointing every 1,000 pages (the default) copied them
+        # all back on every commit; every 10,000 (about 40 MB of WAL) halved the time per
+        # row of a 1,000-row commit. A larger cache keeps the index's pages at hand.
+        conn.execute("PRAGMA wal_autocheckpoint = 10000")
+        conn.execute("PRAGMA cache_size = -65536")
         stopping = False
         while not stopping:
             jobs = [self._queue.get()]
