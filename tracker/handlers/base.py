@@ -5,17 +5,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import tornado.web
-
 from ..activity import FIELDS, ActivityInput, ValidationError, validate
 from . import params
 from .auth import require_token
-from .errors import JSON_TYPE, ApiError, error_body
+from .errors import JSON_TYPE, ApiError, JSONErrors
 
 FIELD_NAMES = tuple(name for name, _, _ in FIELDS)
 
 
-class APIHandler(tornado.web.RequestHandler):
+class APIHandler(JSONErrors):
     """Base for /api endpoints: errors are JSON, never HTML pages or tracebacks."""
 
     def initialize(self, max_body_size: int = 1024 * 1024, **_: Any) -> None:
@@ -40,22 +38,6 @@ class APIHandler(tornado.web.RequestHandler):
     def write_json(self, encoded: bytes) -> None:
         """Finish with JSON bytes that were encoded already."""
         self.finish(encoded)
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        field = index = None
-        if isinstance(exc, ApiError):
-            message, field, index = exc.message, exc.field, exc.index
-        elif isinstance(exc, tornado.web.HTTPError) and exc.log_message and status_code < 500:
-            message = exc.log_message % exc.args if exc.args else exc.log_message
-        elif status_code >= 500:
-            message = "internal server error"
-        else:
-            message = self._reason.lower()
-        self.set_header("Content-Type", JSON_TYPE)
-        if status_code == 401:
-            self.set_header("WWW-Authenticate", 'Bearer realm="activity-tracker"')
-        self.finish(error_body(status_code, message, field, index))
 
     def json_body(self, kind: type = dict) -> Any:
         """The request body as a JSON object (or array), or a 400 that says what is wrong."""

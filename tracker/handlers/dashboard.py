@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import tornado.web
 
-from .errors import JSON_TYPE, error_body
+from .errors import JSONErrors
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
@@ -19,7 +18,7 @@ CSP = (
 )
 
 
-class DashboardHandler(tornado.web.RequestHandler):
+class DashboardHandler(JSONErrors):
     """GET /api/ui-dashboard/metrics-dashboard-ui: the HTML page, not a JSON API."""
 
     def initialize(self, page: Path = STATIC_DIR / "dashboard.html") -> None:
@@ -30,13 +29,6 @@ class DashboardHandler(tornado.web.RequestHandler):
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Referrer-Policy", "no-referrer")
         self.set_header("X-Frame-Options", "DENY")
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        # The page's errors (a 405 for a POST, say) are the one JSON shape too.
-        message = "internal server error" if status_code >= 500 else self._reason.lower()
-        self.set_header("Content-Type", JSON_TYPE)
-        self.set_header("Cache-Control", "no-store")
-        self.finish(error_body(status_code, message))
 
     def get(self) -> None:
         self.set_header("Content-Type", "text/html; charset=UTF-8")

@@ -1,4 +1,4 @@
-"""The one JSON error shape, and the exception that carries it."""
+"""The one JSON error shape, the exception that carries it, and the writer every handler uses."""
 
 from __future__ import annotations
 
@@ -33,3 +33,31 @@ def error_body(
     if index is not None:
         error["index"] = index  # which item of a batch is at fault
     return json.dumps({"error": error}).encode()
+
+
+class JSONErrors(tornado.web.RequestHandler):
+    """Mixed into every handler: any error it sends is the JSON shape, never HTML."""
+
+    def send_json_error(
+        self, status: int, message: str, field: str | None = None, index: int | None = None
+    ) -> None:
+        """Finish with the error body and its headers."""
+        self.set_status(status)
+        self.set_header("Content-Type", JSON_TYPE)
+        self.set_header("Cache-Control", "no-store")
+        if status == 401:
+            self.set_header("WWW-Authenticate", 'Bearer realm="activity-tracker"')
+        self.finish(error_body(status, message, field, index))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, ApiError):
+            return self.send_json_error(status_code, exc.message, exc.field, exc.index)
+        if status_code >= 500:
+            # The traceback goes to the server's log, never to the client.
+            return self.send_json_error(status_code, "internal server error")
+        if isinstance(exc, tornado.web.HTTPError) and exc.log_message:
+            message = exc.log_message % exc.args if exc.args else exc.log_message
+        else:
+            message = self._reason.lower()
+        self.send_json_error(status_code, message)

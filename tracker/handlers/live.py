@@ -12,10 +12,10 @@ from ..hub import LiveHub
 from ..query import Query
 from . import params
 from .auth import WS_PROTOCOL, require_token
-from .errors import JSON_TYPE, ApiError, error_body
+from .errors import ApiError, JSONErrors
 
 
-class LiveHandler(tornado.websocket.WebSocketHandler):
+class LiveHandler(JSONErrors, tornado.websocket.WebSocketHandler):
     """Validates the upgrade, then lets the hub write prebuilt frames to the socket."""
 
     def initialize(
@@ -27,13 +27,6 @@ class LiveHandler(tornado.websocket.WebSocketHandler):
         self.since: int | None = None
         self.store: str | None = None
         self.filters = Query()
-
-    def _refuse(self, error: ApiError) -> None:
-        self.set_status(error.status_code)
-        self.set_header("Content-Type", JSON_TYPE)
-        if error.status_code == 401:
-            self.set_header("WWW-Authenticate", 'Bearer realm="activity-tracker"')
-        self.finish(error_body(error.status_code, error.message, error.field))
 
     async def get(self, *args: Any, **kwargs: Any) -> None:
         # Refuse with the JSON error before the upgrade, not after.
@@ -49,7 +42,7 @@ class LiveHandler(tornado.websocket.WebSocketHandler):
                 actions=params.filter_values(args_, "action"),
             )
         except ApiError as exc:
-            return self._refuse(exc)
+            return self.send_json_error(exc.status_code, exc.message, exc.field)
         await super().get(*args, **kwargs)
 
     def check_origin(self, origin: str) -> bool:
@@ -58,20 +51,13 @@ class LiveHandler(tornado.websocket.WebSocketHandler):
         # Same origin: the Origin's host:port is the Host this request was sent to.
         return urlparse(origin).netloc.lower() == self.request.headers.get("Host", "").lower()
 
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        # A 405 (POST, say) or an unexpected error: the one JSON shape, as on every path.
-        message = "internal server error" if status_code >= 500 else self._reason.lower()
-        self.set_header("Content-Type", JSON_TYPE)
-        self.finish(error_body(status_code, message))
-
     def finish(self, chunk: Any = None) -> Any:
         # Tornado refuses a bad upgrade itself (400, 403 for another site's Origin, 426)
         # with plain text or nothing; our own refusals are JSON bytes already.
         status = self.get_status()
         if status >= 400 and not isinstance(chunk, bytes):
             message = (chunk or self._reason).strip().rstrip(".") or "refused"
-            self.set_header("Content-Type", JSON_TYPE)
-            chunk = error_body(status, message)
+            return self.send_json_error(status, message)
         return super().finish(chunk)
 
     def select_subprotocol(self, subprotocols: list[str]) -> str | None:
