@@ -113,6 +113,13 @@ class ActivityService:
         """Assign ids (or find the original of a retried key); returns the activities,
         which are new, and the id to wait for (0: nothing to wait for).
         """
+        if self.store is None and len(items) == 1 and not (keys and keys[0]):
+            # The most common call, one activity in memory, without the general loop.
+            with self._lock:
+                self._last_id += 1
+                activity = Activity.create(self._last_id, items[0], now_timestamp())
+                self._publish((activity,))
+            return [activity], [True], 0
         result: list[Activity] = []
         fresh: list[bool] = []
         new: list[Activity] = []
