@@ -105,11 +105,10 @@ def format_timestamp(moment: datetime) -> str:
 
 
 class Activity(NamedTuple):
-    """One recorded activity; `json` holds its encoding, shared by every reader.
+    """One recorded activity; `json` holds its encoding, shared by every reader."""
 
-    A NamedTuple, not a frozen dataclass: as immutable, and made three times faster,
-    which batch ingest notices (it makes hundreds of thousands a second).
-    """
+    # A NamedTuple, not a frozen dataclass: as immutable, and made three times faster,
+    # which batch ingest notices (it makes hundreds of thousands a second).
 
     id: int
     user_id: str

@@ -26,9 +26,7 @@ class LiveClient(Protocol):
     """What the hub needs of a connection: write a ready frame, and close."""
 
     def send_frame(self, frame: bytes) -> Pending | bool | None:
-        """Write the frame: None if the connection is gone, True if the kernel took it
-        all, else a pending write that completes when it has.
-        """
+        """Write the frame: None if gone, True if the kernel took it all, else pending."""
 
     def close(self, code: int | None = None, reason: str | None = None) -> None:
         """Close the connection with a WebSocket close code."""

@@ -32,11 +32,10 @@ class StoreUnavailable(Exception):
 
 
 class ActivityService:
-    """Records activities thread-safely and answers "the N most recent", and more.
+    """Records activities thread-safely and answers "the N most recent", and more."""
 
-    An activity is *published* (kept in the buffer, told to subscribers, acknowledged)
-    once it is durable: at once in memory, after its group commit with a store.
-    """
+    # An activity is *published* (kept in the buffer, told to subscribers, acknowledged)
+    # once it is durable: at once in memory, after its group commit with a store.
 
     def __init__(
         self, capacity: int = 1000, *, store: SQLiteStore | None = None, chunk: int = 500
@@ -71,10 +70,9 @@ class ActivityService:
     def track(
         self, items: Sequence[ActivityInput], keys: Sequence[str | None] | None = None
     ) -> Recorded | asyncio.Future[Recorded]:
-        """Record items (a retried key returns its original): the activities and, for
-        each, whether this call recorded it. In memory the answer is at hand; with a
-        store, a future that resolves once it is durable (StoreUnavailable if not).
-        """
+        """Record items; a retried key returns its original instead of a new one."""
+        # The answer: the activities, and for each whether this call recorded it. In memory
+        # it is at hand; with a store, a future resolves once durable (or StoreUnavailable).
         activities, fresh, wait_for = self._accept(items, keys)
         if not wait_for:
             return activities, fresh
@@ -110,9 +108,8 @@ class ActivityService:
     def _accept(
         self, items: Sequence[ActivityInput], keys: Sequence[str | None] | None
     ) -> tuple[list[Activity], list[bool], int]:
-        """Assign ids (or find the original of a retried key); returns the activities,
-        which are new, and the id to wait for (0: nothing to wait for).
-        """
+        """Assign ids, or find the originals of retried keys; also the id to wait for."""
+        # Returns (activities, which are new, id to wait for: 0 when nothing to wait for).
         if self.store is None and len(items) == 1 and not (keys and keys[0]):
             # The most common call, one activity in memory, without the general loop.
             with self._lock:
@@ -255,9 +252,8 @@ class ActivityService:
             return oldest, self._published
 
     def after(self, since: int, limit: int) -> tuple[list[Activity], bool]:
-        """The published activities with id > since, if there are at most `limit` and
-        none was evicted or deleted; else ([], False).
-        """
+        """Published activities after `since`, and whether that is all of them."""
+        # All of them: at most `limit`, none evicted or deleted; otherwise ([], False).
         with self._lock:
             buffer, published = self._buffer, self._published
             if since >= published:
@@ -290,9 +286,8 @@ class ActivityService:
         return unsubscribe
 
     def enforce_retention(self, days: float, max_rows: int) -> int:
-        """Delete, in small steps on the writer thread, what retention no longer keeps;
-        returns how many rows went. Blocks the calling thread (not the IOLoop's).
-        """
+        """Delete what retention no longer keeps, in small steps; how many went."""
+        # Runs on the writer thread; blocks the calling thread (never call it on the IOLoop's).
         if self.store is None or (not days and not max_rows):
             return 0
         cutoff = None

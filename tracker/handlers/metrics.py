@@ -40,9 +40,8 @@ class MetricsHandler(APIHandler):
     def answer(
         self, outcome: Recorded | asyncio.Future[Recorded], respond: Callable[..., None]
     ) -> Awaitable[None] | None:
-        """Respond at once when the service has recorded (in memory), or once the store
-        has committed; Tornado awaits what a handler method returns.
-        """
+        """Respond now if recorded (in memory), or once the store has committed."""
+        # Tornado awaits what a handler method returns, so memory mode pays no coroutine.
         if isinstance(outcome, asyncio.Future):
             return self._answer_when_durable(outcome, respond)
         respond(*outcome)

@@ -72,9 +72,7 @@ def timestamp(args: Arguments, name: str) -> str | None:
 def query(
     args: Arguments, *, default_limit: int | None, cap: int | None, filters: bool = True
 ) -> Query:
-    """The filters of a request: user_id and action (repeatable), since, until, before_id,
-    limit.
-    """
+    """The filters of a request: user_id, action (repeatable), since, until, before_id, limit."""
     limit = count(args, "limit", default_limit, cap)
     if not filters:
         return Query(limit=limit)
