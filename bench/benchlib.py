@@ -1,11 +1,13 @@
 """Helpers shared by the benchmarks: servers as subprocesses, CPU pinning, wrk, stats.
 
-Not a benchmark itself; bench/ingest.py and bench/live.py import it (running a script
-puts bench/ on sys.path).
+Not a benchmark itself; bench/ingest.py, bench/live.py and bench/soak.py import it
+(running a script puts bench/ on sys.path).
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import http.client
 import json
 import os
@@ -29,6 +31,7 @@ BENCH = REPO / "bench"
 
 # Every child we start, so that any exit path (error, Ctrl-C, SIGTERM) can stop them.
 _CHILDREN: list[subprocess.Popen] = []
+_CLIENT_PROCS: list[asyncio.subprocess.Process] = []  # from spawn_client()
 
 
 def install_signal_handlers() -> None:
@@ -48,6 +51,12 @@ def track_child(proc: subprocess.Popen) -> subprocess.Popen:
 
 def kill_children() -> None:
     """Last resort: SIGKILL every child still running (each by its own pid)."""
+    for client in _CLIENT_PROCS:
+        if client.returncode is None:
+            try:
+                client.kill()
+            except ProcessLookupError:
+                pass
     for proc in _CHILDREN:
         if proc.poll() is None:
             try:
@@ -262,6 +271,109 @@ def http_request(
         conn.close()
 
 
+# -- client processes with a line-JSON command channel (bench/live.py, bench/soak.py) --
+
+
+class ClientProc:
+    """A client subprocess: commands go to its stdin, one JSON answer a line comes back."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, what: str = "client process") -> None:
+        self.proc = proc
+        self.what = what
+
+    async def ask(self, command: str, timeout: float = 30) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(command.encode() + b"\n")
+        await self.proc.stdin.drain()
+        line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
+        if not line:
+            raise RuntimeError(f"{self.what} exited ({await self.proc.wait()})")
+        return json.loads(line)
+
+    async def tell(self, command: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(command.encode() + b"\n")
+        await self.proc.stdin.drain()
+
+    async def stop(self) -> None:
+        """Say quit (if it still listens), then wait for it; SIGKILL after 10 s."""
+        try:
+            await self.tell("quit")
+        except (ConnectionError, RuntimeError):
+            pass
+        try:
+            await asyncio.wait_for(self.proc.wait(), 10)
+        except asyncio.TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+
+
+async def spawn_client(
+    script: str, args: Sequence[str], cpu: int | None, log: str
+) -> asyncio.subprocess.Process:
+    """`python SCRIPT ARGS` (pinned to cpu) in its own session, stderr appended to log;
+    kill_children() kills it if it is still running.
+    """
+    with open(log, "ab") as err:
+        proc = await asyncio.create_subprocess_exec(
+            *pin_prefix(cpu),
+            python(),
+            os.path.abspath(script),
+            *args,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=err,
+            limit=64 * 1024 * 1024,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+        )
+    _CLIENT_PROCS.append(proc)
+    return proc
+
+
+def run_async_main(main: Any) -> int:
+    """asyncio.run(main) with signal handlers; on Ctrl-C/SIGTERM kill every child, 130."""
+    raise_nofile(4096)
+    install_signal_handlers()
+    try:
+        return asyncio.run(main)
+    except KeyboardInterrupt:
+        kill_children()
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+# -- the raw WebSocket handshake (the lean clients of bench/live.py and bench/soak.py) ----
+
+
+def ws_upgrade_request(path: str, port: int, auth: bytes = b"") -> tuple[bytes, bytes]:
+    """A WebSocket upgrade request for 127.0.0.1:port; returns (request, Sec-WebSocket-Key)."""
+    key = base64.b64encode(os.urandom(16))
+    request = (
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n".encode()
+        + b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: "
+        + key
+        + b"\r\nSec-WebSocket-Version: 13\r\n"
+        + auth
+        + b"\r\n"
+    )
+    return request, key
+
+
+def read_response_head(sock: socket.socket) -> tuple[bytes, bytes, bool]:
+    """Read an HTTP response head from a blocking socket: (head, bytes after it, whether
+    the status is 101 Switching Protocols).
+    """
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("server closed during the WebSocket handshake")
+        data += chunk
+    head, rest = data.split(b"\r\n\r\n", 1)
+    return head, rest, b" 101 " in head.split(b"\r\n", 1)[0] + b" "
+
+
 # The Lua reporter: wrk's own summary rounds; this prints exact numbers as one JSON line.
 _LUA_DONE = r"""
 done = function(summary, latency, requests)
@@ -356,6 +468,21 @@ def run_wrk(argv: list[str], duration: float) -> dict[str, Any]:
         "bytes_per_req": raw["bytes"] / raw["requests"] if raw["requests"] else 0,
         "errors": errors,
     }
+
+
+def run_wrk_on(server: Server, argv: list[str], duration: float) -> tuple[dict[str, Any], float]:
+    """run_wrk, plus what the server process did meanwhile: "server_wait" (share of the
+    run it waited for its CPU) and "server_util" in the result; returns (result, server
+    CPU seconds).
+    """
+    pid = server.proc.pid  # type: ignore[union-attr]
+    cpu0, wait0, t0 = process_cpu_seconds(pid), process_wait_seconds(pid), time.monotonic()
+    res = run_wrk(argv, duration)
+    wall = time.monotonic() - t0
+    cpu = process_cpu_seconds(pid) - cpu0
+    res["server_wait"] = (process_wait_seconds(pid) - wait0) / wall
+    res["server_util"] = cpu / wall
+    return res, cpu
 
 
 def median(values: Sequence[float]) -> float:

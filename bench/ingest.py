@@ -37,7 +37,6 @@ import shlex
 import shutil
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -368,15 +367,8 @@ def main(argv: list[str]) -> int:
             cmd = bl.wrk_command(
                 server.port, load.script, load.connections, args.threads, seconds, args.client_cpu
             )
-            pid = server.proc.pid  # type: ignore[union-attr]
-            cpu0, wait0 = bl.process_cpu_seconds(pid), bl.process_wait_seconds(pid)
-            wall0 = time.monotonic()
-            res = bl.run_wrk(cmd, seconds)
-            wall = time.monotonic() - wall0
-            cpu = bl.process_cpu_seconds(pid) - cpu0
-            res["server_wait"] = (bl.process_wait_seconds(pid) - wait0) / wall
+            res, cpu = bl.run_wrk_on(server, cmd, seconds)
             res["cpu_us_per_req"] = cpu / res["requests"] * 1e6 if res["requests"] else 0.0
-            res["server_util"] = cpu / wall
             res["activities_per_s"] = res["rps"] * load.items
             if name in acked and load.items:
                 # Non-2xx answers are counted by wrk as requests too: only count 2xx.

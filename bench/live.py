@@ -120,28 +120,12 @@ class Worker:
                 sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
                 sock.settimeout(30)
                 sock.connect(("127.0.0.1", self.port))
-                key = base64.b64encode(os.urandom(16))
-                sock.sendall(
-                    b"GET " + LIVE_PATH.encode() + b" HTTP/1.1\r\n"
-                    b"Host: 127.0.0.1:" + str(self.port).encode() + b"\r\n"
-                    b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                    b"Sec-WebSocket-Key: "
-                    + key
-                    + b"\r\nSec-WebSocket-Version: 13\r\n"
-                    + self.auth
-                    + b"\r\n"
-                )
+                request, key = bl.ws_upgrade_request(LIVE_PATH, self.port, self.auth)
+                sock.sendall(request)
                 group.append((sock, key))
             for sock, key in group:
-                data = b""
-                while b"\r\n\r\n" not in data:
-                    chunk = sock.recv(65536)
-                    if not chunk:
-                        raise RuntimeError("server closed during the WebSocket handshake")
-                    data += chunk
-                head, rest = data.split(b"\r\n\r\n", 1)
-                lines = head.split(b"\r\n")
-                if b" 101 " not in lines[0] + b" ":
+                head, rest, switched = bl.read_response_head(sock)
+                if not switched:
                     raise RuntimeError(f"handshake refused: {head[:300]!r}")
                 accept = base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
                 if b"sec-websocket-accept: " + accept.lower() not in head.lower():
@@ -372,28 +356,6 @@ class Worker:
 # ======================================================================================
 
 
-class WorkerProc:
-    """A worker subprocess and its line-JSON command channel."""
-
-    def __init__(self, proc: asyncio.subprocess.Process, count: int) -> None:
-        self.proc = proc
-        self.count = count
-
-    async def ask(self, command: str) -> dict[str, Any]:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(command.encode() + b"\n")
-        await self.proc.stdin.drain()
-        line = await asyncio.wait_for(self.proc.stdout.readline(), 60)
-        if not line:
-            raise RuntimeError(f"worker exited ({await self.proc.wait()})")
-        return json.loads(line)
-
-    async def tell(self, command: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(command.encode() + b"\n")
-        await self.proc.stdin.drain()
-
-
 class Pool:
     """N clients spread over worker processes."""
 
@@ -409,49 +371,32 @@ class Pool:
         self.port, self.clients, self.cpu, self.log = port, clients, cpu, log
         self.token = token
         self.workers_wanted = max(1, min(workers, clients))
-        self.workers: list[WorkerProc] = []
+        self.workers: list[bl.ClientProc] = []
+        self.counts: list[int] = []  # clients per worker
 
     async def start(self) -> float:
         t0 = time.monotonic()
         per = [self.clients // self.workers_wanted] * self.workers_wanted
         for i in range(self.clients % self.workers_wanted):
             per[i] += 1
-        with open(self.log, "ab") as err:
-            for count in per:
-                argv = [
-                    *bl.pin_prefix(self.cpu),
-                    bl.python(),
-                    os.path.abspath(__file__),
-                    "--worker",
-                    "--port",
-                    str(self.port),
-                    "--worker-clients",
-                    str(count),
-                    *(["--token", self.token] if self.token else []),
-                ]
-                proc = await asyncio.create_subprocess_exec(
-                    *argv,
-                    stdin=asyncio.subprocess.PIPE,
-                    stdout=asyncio.subprocess.PIPE,
-                    stderr=err,
-                    limit=64 * 1024 * 1024,
-                    start_new_session=True,
-                    preexec_fn=bl.die_with_parent,
-                )
-                _PROCS.append(proc)
-                self.workers.append(WorkerProc(proc, count))
-        for worker in self.workers:
+        for count in per:
+            argv = ["--worker", "--port", str(self.port), "--worker-clients", str(count)]
+            argv += ["--token", self.token] if self.token else []
+            proc = await bl.spawn_client(__file__, argv, self.cpu, self.log)
+            self.workers.append(bl.ClientProc(proc, "worker"))
+            self.counts.append(count)
+        for worker, count in zip(self.workers, self.counts, strict=True):
             assert worker.proc.stdout is not None
             line = await asyncio.wait_for(worker.proc.stdout.readline(), 120)
             if not line:
                 raise RuntimeError(f"worker failed to connect; see {self.log}")
             ready = json.loads(line)["ready"]
-            if ready != worker.count:
-                raise RuntimeError(f"worker connected {ready} of {worker.count}")
+            if ready != count:
+                raise RuntimeError(f"worker connected {ready} of {count}")
         return time.monotonic() - t0
 
     async def all(self, command: str) -> list[dict[str, Any]]:
-        return list(await asyncio.gather(*(w.ask(command) for w in self.workers)))
+        return list(await asyncio.gather(*(w.ask(command, 60) for w in self.workers)))
 
     async def tell(self, command: str) -> None:
         await asyncio.gather(*(w.tell(command) for w in self.workers))
@@ -472,30 +417,8 @@ class Pool:
             await asyncio.sleep(0.02)
 
     async def stop(self) -> None:
-        for worker in self.workers:
-            try:
-                await worker.tell("quit")
-            except (ConnectionError, RuntimeError):
-                pass
-        for worker in self.workers:
-            try:
-                await asyncio.wait_for(worker.proc.wait(), 10)
-            except asyncio.TimeoutError:
-                worker.proc.kill()
-                await worker.proc.wait()
-        self.workers = []
-
-
-_PROCS: list[asyncio.subprocess.Process] = []
-
-
-def kill_workers() -> None:
-    for proc in _PROCS:
-        if proc.returncode is None:
-            try:
-                proc.kill()
-            except ProcessLookupError:
-                pass
+        await asyncio.gather(*(worker.stop() for worker in self.workers))
+        self.workers, self.counts = [], []
 
 
 class Sender:
@@ -707,25 +630,17 @@ async def ingest_run(
             await asyncio.sleep(0.3)
             await pool.tell("reset")
         first = server_last_id(server.port, args.token) + 1
-        pid = server.proc.pid  # type: ignore[union-attr]
-        cpu0, wait0, t0 = (
-            bl.process_cpu_seconds(pid),
-            bl.process_wait_seconds(pid),
-            time.monotonic(),
-        )
         cmd = bl.wrk_command(
             server.port, script, args.connections, 1, args.ingest_duration, args.client_cpu
         )
         loop = asyncio.get_running_loop()
-        res = await loop.run_in_executor(None, bl.run_wrk, cmd, args.ingest_duration)
-        wall = time.monotonic() - t0
-        cpu = bl.process_cpu_seconds(pid) - cpu0
-        res["server_wait"] = (bl.process_wait_seconds(pid) - wait0) / wall
+        res, cpu = await loop.run_in_executor(
+            None, bl.run_wrk_on, server, cmd, args.ingest_duration
+        )
         # Requests wrk cut off at the end may still be recorded: let them land first.
         await asyncio.sleep(0.3)
         last = server_last_id(server.port, args.token)
         res["server_cpu_us_per_req"] = cpu / res["requests"] * 1e6 if res["requests"] else 0
-        res["server_util"] = cpu / wall
         res["recorded"] = last - first + 1
         if pool is not None:
             caught_s, status = await pool.wait_caught_up(last, timeout=15)
@@ -815,7 +730,6 @@ async def main_async(args: argparse.Namespace) -> int:
                 )
     finally:
         code = server.stop()
-        kill_workers()
         bl.kill_children()
 
     print()
@@ -1037,16 +951,8 @@ def main(argv: list[str]) -> int:
     if args.worker:
         Worker(args.port, args.worker_clients, batch=50, token=args.token).run()
         return 0
-    bl.raise_nofile(4096)
     bl.set_nice(args.nice)
-    bl.install_signal_handlers()
-    try:
-        return asyncio.run(main_async(args))
-    except KeyboardInterrupt:
-        kill_workers()
-        bl.kill_children()
-        print("interrupted", file=sys.stderr)
-        return 130
+    return bl.run_async_main(main_async(args))
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import atexit
-import base64
+import contextlib
 import json
 import os
 import random
@@ -199,24 +199,10 @@ class Churner(live.Worker):
         try:
             sock.settimeout(5)
             sock.connect(("127.0.0.1", self.port))
-            key = base64.b64encode(os.urandom(16))
-            sock.sendall(
-                f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n".encode()
-                + b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: "
-                + key
-                + b"\r\nSec-WebSocket-Version: 13\r\n"
-                + self.auth
-                + b"\r\n"
-            )
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    raise ConnectionError("closed during the handshake")
-                data += chunk
-            head, rest = data.split(b"\r\n\r\n", 1)
-            status = head.split(b"\r\n", 1)[0]
-            if b" 101 " not in status + b" ":
+            sock.sendall(bl.ws_upgrade_request(path, self.port, self.auth)[0])
+            head, rest, switched = bl.read_response_head(sock)
+            if not switched:
+                status = head.split(b"\r\n", 1)[0]
                 self.stats["handshake_refused"] += 1
                 self.note(f"handshake refused: {status[:80]!r}")
                 sock.close()
@@ -369,72 +355,9 @@ class Churner(live.Worker):
 # ======================================================================================
 
 
-class Proc:
-    """A client subprocess with a line-JSON command channel."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-
-    async def ask(self, command: str, timeout: float = 30) -> dict[str, Any]:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(command.encode() + b"\n")
-        await self.proc.stdin.drain()
-        line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
-        if not line:
-            raise RuntimeError(f"client process exited ({await self.proc.wait()})")
-        return json.loads(line)
-
-    async def tell(self, command: str) -> None:
-        assert self.proc.stdin is not None
-        try:
-            self.proc.stdin.write(command.encode() + b"\n")
-            await self.proc.stdin.drain()
-        except (ConnectionError, RuntimeError):
-            pass
-
-    async def stop(self) -> None:
-        await self.tell("quit")
-        try:
-            await asyncio.wait_for(self.proc.wait(), 10)
-        except asyncio.TimeoutError:
-            self.proc.kill()
-            await self.proc.wait()
-
-
-_PROCS: list[asyncio.subprocess.Process] = []
-
-
-def kill_procs() -> None:
-    for proc in _PROCS:
-        if proc.returncode is None:
-            try:
-                proc.kill()
-            except ProcessLookupError:
-                pass
-
-
-async def spawn(args: argparse.Namespace, extra: list[str], log: str) -> Proc:
-    argv = [
-        *bl.pin_prefix(args.client_cpu),
-        bl.python(),
-        os.path.abspath(__file__),
-        "--port",
-        str(args.port),
-        *(["--token", args.token] if args.token else []),
-        *extra,
-    ]
-    with open(log, "ab") as err:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=err,
-            limit=64 * 1024 * 1024,
-            start_new_session=True,
-            preexec_fn=bl.die_with_parent,
-        )
-    _PROCS.append(proc)
-    return Proc(proc)
+async def spawn(args: argparse.Namespace, extra: list[str], log: str) -> bl.ClientProc:
+    argv = ["--port", str(args.port), *(["--token", args.token] if args.token else []), *extra]
+    return bl.ClientProc(await bl.spawn_client(__file__, argv, args.client_cpu, log))
 
 
 class HttpConn:
@@ -753,8 +676,8 @@ async def main_async(args: argparse.Namespace, argv: list[str]) -> int:
     load = Load(args)
     mem: dict[str, dict[str, int]] = {}
     samples: list[tuple[float, dict[str, int]]] = []
-    listeners: list[Proc] = []
-    churner: Proc | None = None
+    listeners: list[bl.ClientProc] = []
+    churner: bl.ClientProc | None = None
     out: dict[str, Any] = {}
     code = None
     try:
@@ -856,7 +779,8 @@ async def main_async(args: argparse.Namespace, argv: list[str]) -> int:
         out["load_s"] = loop.time() - start
         for task in side:
             task.cancel()
-        await churner.tell("stop")
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await churner.tell("stop")
 
         # Every listener must reach the last acknowledged id.
         last_acked = max(load.acked, default=0)
@@ -885,7 +809,6 @@ async def main_async(args: argparse.Namespace, argv: list[str]) -> int:
             code = server.stop()
         for proc in [*listeners, *([churner] if churner else [])]:
             await proc.stop()
-        kill_procs()
         bl.kill_children()
 
     # -- analysis ---------------------------------------------------------------------------
@@ -1151,16 +1074,8 @@ def main(argv: list[str]) -> int:
     if args.worker == "churn":
         Churner(args).run()
         return 0
-    bl.raise_nofile(4096)
     bl.set_nice(args.nice)
-    bl.install_signal_handlers()
-    try:
-        return asyncio.run(main_async(args, argv))
-    except KeyboardInterrupt:
-        kill_procs()
-        bl.kill_children()
-        print("interrupted", file=sys.stderr)
-        return 130
+    return bl.run_async_main(main_async(args, argv))
 
 
 if __name__ == "__main__":
