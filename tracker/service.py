@@ -184,7 +184,7 @@ class ActivityService:
             return
         buffer = self._buffer
         overflow = len(buffer) + len(activities) - self.capacity
-        if overflow > 0:
+        if overflow > 0 and self._keys:
             # Keys live as long as the buffer holds their activity (the store keeps its own).
             leaving = itertools.chain(
                 itertools.islice(buffer, 0, overflow), activities[: -self.capacity]
