@@ -70,12 +70,10 @@ def timestamp(args: Arguments, name: str) -> str | None:
 
 
 def query(
-    args: Arguments, *, default_limit: int | None, cap: int | None, filters: bool = True
+    args: Arguments, *, default_limit: int | None, cap: int | None
 ) -> Query:
     """The filters of a request: user_id, action (repeatable), since, until, before_id, limit."""
     limit = count(args, "limit", default_limit, cap)
-    if not filters:
-        return Query(limit=limit)
     before = count(args, "before_id", None, None)
     since, until = timestamp(args, "since"), timestamp(args, "until")
     if since is not None and until is not None and until < since:
