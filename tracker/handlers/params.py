@@ -69,9 +69,7 @@ def timestamp(args: Arguments, name: str) -> str | None:
         ) from None
 
 
-def query(
-    args: Arguments, *, default_limit: int | None, cap: int | None
-) -> Query:
+def query(args: Arguments, *, default_limit: int | None, cap: int | None) -> Query:
     """The filters of a request: user_id, action (repeatable), since, until, before_id, limit."""
     limit = count(args, "limit", default_limit, cap)
     before = count(args, "before_id", None, None)
