@@ -301,6 +301,109 @@ def test_ids_never_restart_even_when_retention_empties_the_table(history: str) -
         service.close()
 
 
+def indexed_id(path: str) -> int:
+    """How far the database's user index reaches, as the file says."""
+    conn = sqlite3.connect(path)
+    try:
+        return int(conn.execute("SELECT value FROM meta WHERE key = 'indexed_id'").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def test_user_filter_reads_indexed_and_not_yet_indexed_rows(db_path: str) -> None:
+    from tracker.query import Query
+
+    # Indexed in steps of 20 rows, never when idle: after 50 records ids 41-50 still wait.
+    service = ActivityService(10, store=SQLiteStore(db_path, index_chunk=20, index_delay=3600))
+    try:
+        for i in range(50):
+            service.record(ActivityInput(f"u{i % 5}", "view" if i % 2 else "login", f"d{i}"))
+        assert indexed_id(db_path) == 40
+        u1 = Query(user_ids=frozenset({"u1"}))
+        assert [a.id for a in service.query(u1)] == list(range(2, 51, 5))
+        two = Query(user_ids=frozenset({"u1", "u3"}), limit=5)
+        assert [a.id for a in service.query(two)] == [37, 39, 42, 44, 47, 49][-5:]
+        older = Query(user_ids=frozenset({"u1"}), before_id=45, limit=3)
+        assert [a.id for a in service.query(older)] == [32, 37, 42]
+        logins = Query(user_ids=frozenset({"u1"}), actions=frozenset({"login"}))
+        assert [a.id for a in service.query(logins)] == [7, 17, 27, 37, 47]
+        chunked = [a.id for chunk in service.scan(Query(user_ids=frozenset({"u4"}))) for a in chunk]
+        assert chunked == list(range(5, 51, 5))
+        summary = service.summary(u1, top=3)
+        assert summary["total"] == 10 and summary["distinct_users"] == 1
+        assert summary["actions"] == [
+            {"action": "login", "count": 5},
+            {"action": "view", "count": 5},
+        ]
+    finally:
+        service.close()
+    assert indexed_id(db_path) == 50  # a clean close indexes the rest
+
+
+def test_idle_writer_indexes_what_waits(db_path: str) -> None:
+    service = ActivityService(10, store=SQLiteStore(db_path, index_chunk=1000, index_delay=0.05))
+    try:
+        service.record_many([ActivityInput("u", "a", None) for _ in range(3)])
+        deadline = time.monotonic() + 10
+        while indexed_id(db_path) != 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert indexed_id(db_path) == 3
+    finally:
+        service.close()
+
+
+def test_version_1_database_is_migrated(db_path: str) -> None:
+    from tracker.query import Query
+    from tracker.store import MIGRATIONS
+
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    conn.executescript(
+        MIGRATIONS[0]
+        + "INSERT INTO meta VALUES ('store_id', 'abc');"
+        + "INSERT INTO activities (id, user_id, action, timestamp) VALUES"
+        + " (1, 'ann', 'login', '2026-01-01T00:00:00.000000+00:00'),"
+        + " (2, 'bob', 'login', '2026-01-01T00:00:01.000000+00:00'),"
+        + " (3, 'ann', 'view', '2026-01-01T00:00:02.000000+00:00');"
+        + "UPDATE activities SET idem_key = 'k2' WHERE id = 2;"
+        + "PRAGMA user_version = 1;"
+    )
+    conn.close()
+    service = ActivityService(10, store=SQLiteStore(db_path))
+    try:
+        assert service.store_id == "abc"
+        assert [a.id for a in service.query(Query(user_ids=frozenset({"ann"})))] == [1, 3]
+        assert service.record(ActivityInput("bob", "a", None)).id == 4
+        found = service.store.by_key("k2") if service.store else None
+        assert found is not None and found.id == 2
+    finally:
+        service.close()
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    indexes = {
+        r[0]
+        for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'activities'"
+        )
+    }
+    # The user index moved to its own table; the key index no longer holds keyless rows.
+    assert indexes == {"activities_action", "activities_time", "activities_key"}
+    rows = conn.execute("SELECT user_id, id FROM activities_by_user ORDER BY id").fetchall()
+    assert rows == [("ann", 1), ("bob", 2), ("ann", 3), ("bob", 4)]
+    conn.close()
+
+
+def test_retention_removes_user_index_entries_too(history: str) -> None:
+    service = ActivityService(10, store=SQLiteStore(history))
+    try:
+        assert service.enforce_retention(0, 30) == 20
+    finally:
+        service.close()
+    conn = sqlite3.connect(history)
+    ids = [r[0] for r in conn.execute("SELECT id FROM activities_by_user ORDER BY id")]
+    assert ids == list(range(21, 51))
+    conn.close()
+
+
 def newer_schema(path: Path) -> None:
     SQLiteStore(str(path)).close()
     conn = sqlite3.connect(path)

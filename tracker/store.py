@@ -2,37 +2,83 @@
 
 from __future__ import annotations
 
+import logging
+import operator
 import os
 import queue
 import sqlite3
 import threading
 import uuid
 from collections.abc import Callable, Iterator
+from itertools import chain
 from typing import Any
 
 from .activity import Activity, ActivityInput
 from .query import Query, summarize_rows
 
-# Bump when the schema changes, and teach _migrate the step from the version before.
-SCHEMA_VERSION = 1
 # Rows per retention transaction: small, so ingest commits slip in between.
 DELETE_CHUNK = 500
+# The user index is brought up to date once this many rows wait for it, or when the
+# writer has been idle this many seconds.
+INDEX_CHUNK = 50_000
+INDEX_DELAY = 1.0
 
-_SCHEMA = """
-CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE activities (
-    id INTEGER PRIMARY KEY,
-    user_id TEXT NOT NULL,
-    action TEXT NOT NULL,
-    timestamp TEXT NOT NULL,
-    details TEXT,
-    idem_key TEXT UNIQUE
-);
-CREATE INDEX activities_user ON activities (user_id, id);
-CREATE INDEX activities_action ON activities (action, id);
-CREATE INDEX activities_time ON activities (timestamp);
-"""
+# MIGRATIONS[n] takes the schema from version n to n + 1, in one transaction; a new file
+# runs them all. To change the schema, append a step.
+MIGRATIONS = (
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE activities (
+        id INTEGER PRIMARY KEY,
+        user_id TEXT NOT NULL,
+        action TEXT NOT NULL,
+        timestamp TEXT NOT NULL,
+        details TEXT,
+        idem_key TEXT UNIQUE
+    );
+    CREATE INDEX activities_user ON activities (user_id, id);
+    CREATE INDEX activities_action ON activities (action, id);
+    CREATE INDEX activities_time ON activities (timestamp);
+    INSERT INTO meta VALUES ('last_id', '0');
+    """,
+    # Version 2: the user index becomes a table the writer fills in large sorted steps.
+    # Each row of a commit went to a random place of an index on activities, so a commit
+    # wrote about one index page per row: that index cost twice as much as the rest.
+    # The key index becomes partial, so rows without a key (most) cost it nothing; that
+    # takes a new table, since a column's UNIQUE cannot be dropped.
+    """
+    CREATE TABLE activities_v2 (
+        id INTEGER PRIMARY KEY,
+        user_id TEXT NOT NULL,
+        action TEXT NOT NULL,
+        timestamp TEXT NOT NULL,
+        details TEXT,
+        idem_key TEXT
+    );
+    INSERT INTO activities_v2 SELECT id, user_id, action, timestamp, details, idem_key
+        FROM activities ORDER BY id;
+    DROP TABLE activities;
+    ALTER TABLE activities_v2 RENAME TO activities;
+    CREATE INDEX activities_action ON activities (action, id);
+    CREATE INDEX activities_time ON activities (timestamp);
+    CREATE UNIQUE INDEX activities_key ON activities (idem_key) WHERE idem_key IS NOT NULL;
+    CREATE TABLE activities_by_user (
+        user_id TEXT NOT NULL,
+        id INTEGER NOT NULL,
+        PRIMARY KEY (user_id, id)
+    ) WITHOUT ROWID;
+    CREATE TRIGGER activities_unindex AFTER DELETE ON activities BEGIN
+        DELETE FROM activities_by_user WHERE user_id = old.user_id AND id = old.id;
+    END;
+    INSERT INTO activities_by_user SELECT user_id, id FROM activities ORDER BY user_id, id;
+    INSERT INTO meta SELECT 'indexed_id', coalesce(max(id), 0) FROM activities;
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
 _COLUMNS = "id, user_id, action, timestamp, details, idem_key"
+_INDEXED_COLUMNS = "u.id, u.user_id, a.action, a.timestamp, a.details, a.idem_key"
+
+log = logging.getLogger(__name__)
 
 # A committed group's outcome: None, or the error that kept it from the disk.
 Done = Callable[[BaseException | None], None]
@@ -42,17 +88,43 @@ class StoreError(Exception):
     """The database cannot be used; the message is one line naming path and cause."""
 
 
+# Rows go in with multi-row INSERTs of these sizes: one statement runs many rows without
+# the GIL (executemany takes it back for every row, so the IOLoop thread kept stalling
+# it), in less CPU. A few fixed sizes keep every statement in the prepared cache.
+_INSERT_SIZES = (256, 64, 16, 4, 1)
+_INSERTS = {
+    size: f"INSERT INTO activities ({_COLUMNS}) VALUES " + ",".join(["(?,?,?,?,?,?)"] * size)
+    for size in _INSERT_SIZES
+}
+# An activity's values in _COLUMNS order (its `json` aside), picked at C speed.
+_row = operator.itemgetter(
+    *(Activity._fields.index(f) for f in ("id", "user_id", "action", "timestamp", "details", "key"))
+)
+
+
 def _row_activity(row: tuple) -> Activity:
     return Activity.create(row[0], ActivityInput(row[1], row[2], row[4]), row[3], row[5])
 
 
-def _where(query: Query, max_id: int) -> tuple[str, list[Any]]:
-    """The SQL condition and parameters for a query's filters (limit aside)."""
-    clauses, args = ["id <= ?"], [max_id]
-    for column, wanted in (("user_id", query.user_ids), ("action", query.actions)):
-        if wanted:
-            clauses.append(f"{column} IN ({','.join('?' * len(wanted))})")
-            args.extend(sorted(wanted))
+def _source(query: Query, max_id: int, indexed: int) -> tuple[str, list[Any]]:
+    """`<rows> WHERE <condition>` for a query's filters (limit aside), and its parameters."""
+    rows, args = "activities", []
+    if query.user_ids:
+        users = sorted(query.user_ids)
+        marks = ",".join("?" * len(users))
+        # Rows up to `indexed` are found through activities_by_user; the newer ones, at
+        # most about INDEX_CHUNK, by their ids. SQLite merges the two in id order.
+        rows = (
+            f"(SELECT {_COLUMNS} FROM activities WHERE id > ? AND user_id IN ({marks}) "
+            f"UNION ALL SELECT {_INDEXED_COLUMNS} FROM activities_by_user AS u "
+            f"JOIN activities AS a ON a.id = u.id WHERE u.user_id IN ({marks}) AND u.id <= ?)"
+        )
+        args = [indexed, *users, *users, indexed]
+    clauses = ["id <= ?"]
+    args.append(max_id)
+    if query.actions:
+        clauses.append(f"action IN ({','.join('?' * len(query.actions))})")
+        args.extend(sorted(query.actions))
     if query.since is not None:
         clauses.append("timestamp >= ?")
         args.append(query.since)
@@ -62,18 +134,26 @@ def _where(query: Query, max_id: int) -> tuple[str, list[Any]]:
     if query.before_id is not None:
         clauses.append("id < ?")
         args.append(query.before_id)
-    return " AND ".join(clauses), args
+    return f"{rows} WHERE {' AND '.join(clauses)}", args
 
 
 class SQLiteStore:
     """Keeps every activity; reads on the caller's thread, writes on its own thread."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(
+        self, path: str, *, index_chunk: int = INDEX_CHUNK, index_delay: float = INDEX_DELAY
+    ) -> None:
         self.path = path
+        self.index_chunk = index_chunk
+        self.index_delay = index_delay
         try:
             self._read = self._connect()
             self._migrate()
             self.store_id = self._meta("store_id")
+            # Rows with ids up to _indexed are in activities_by_user; _stored is the
+            # newest committed. Only the writer thread changes them.
+            self._indexed = int(self._meta("indexed_id"))
+            self._stored = self._read.execute("SELECT max(id) FROM activities").fetchone()[0] or 0
         except sqlite3.Error as exc:
             raise StoreError(f"cannot use database {path}: {exc}") from None
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -107,13 +187,14 @@ class SQLiteStore:
                 raise StoreError(
                     f"cannot use database {self.path}: not an activity tracker database"
                 )
-            # One script, one transaction: a crash leaves either nothing or all of it.
+        for step in range(version, SCHEMA_VERSION):
+            # One script, one transaction per step: a crash leaves it all or none of it.
+            store_id = f"INSERT INTO meta VALUES ('store_id', '{uuid.uuid4().hex}');"
             conn.executescript(
                 "BEGIN IMMEDIATE;"
-                + _SCHEMA
-                + f"INSERT INTO meta VALUES ('store_id', '{uuid.uuid4().hex}');"
-                + "INSERT INTO meta VALUES ('last_id', '0');"
-                + f"PRAGMA user_version = {SCHEMA_VERSION};"
+                + MIGRATIONS[step]
+                + (store_id if step == 0 else "")
+                + f"PRAGMA user_version = {step + 1};"
                 + "COMMIT;"
             )
 
@@ -155,8 +236,8 @@ class SQLiteStore:
 
     def query(self, query: Query, max_id: int) -> list[Activity]:
         """The newest `query.limit` matches (all without a limit), oldest first."""
-        where, args = _where(query, max_id)
-        sql = f"SELECT {_COLUMNS} FROM activities WHERE {where} ORDER BY id DESC"
+        source, args = _source(query, max_id, self._indexed)
+        sql = f"SELECT {_COLUMNS} FROM {source} ORDER BY id DESC"
         if query.limit is not None:
             sql += " LIMIT ?"
             args.append(query.limit)
@@ -164,12 +245,12 @@ class SQLiteStore:
 
     def scan(self, query: Query, max_id: int, chunk: int) -> Iterator[list[Activity]]:
         """What query() returns, a chunk at a time by id, so memory stays flat."""
-        where, args = _where(query, max_id)
+        source, args = _source(query, max_id, self._indexed)
         last = 0
         if query.limit is not None:
             # Start at the oldest of the newest `limit` matches.
             found = self._rows(
-                f"SELECT id FROM activities WHERE {where} ORDER BY id DESC LIMIT 1 OFFSET ?",
+                f"SELECT id FROM {source} ORDER BY id DESC LIMIT 1 OFFSET ?",
                 [*args, max(query.limit - 1, 0)],
             )
             if query.limit == 0:
@@ -177,7 +258,7 @@ class SQLiteStore:
             last = found[0][0] - 1 if found else 0
         while True:
             rows = self._rows(
-                f"SELECT {_COLUMNS} FROM activities WHERE {where} AND id > ? ORDER BY id LIMIT ?",
+                f"SELECT {_COLUMNS} FROM {source} AND id > ? ORDER BY id LIMIT ?",
                 [*args, last, chunk],
             )
             if not rows:
@@ -187,8 +268,8 @@ class SQLiteStore:
 
     def summary(self, query: Query, max_id: int, top: int) -> dict[str, Any]:
         """The summary of every stored match, counted by SQLite."""
-        where, args = _where(query, max_id)
-        base = f"FROM activities WHERE {where}"
+        source, args = _source(query, max_id, self._indexed)
+        base = f"FROM {source}"
         total, users = self._rows(f"SELECT count(*), count(DISTINCT user_id) {base}", args)[0]
 
         def grouped(column: str) -> list[tuple[str, int]]:
@@ -223,15 +304,20 @@ class SQLiteStore:
 
     def _write_loop(self) -> None:
         conn = self._connect()
-        # The user index takes each row at a random place, so a group commit dirties
-        # about a page per row. Checkpointing every 1,000 pages (the default) copied them
-        # all back on every commit; every 10,000 (about 40 MB of WAL) halved the time per
-        # row of a 1,000-row commit. A larger cache keeps the index's pages at hand.
+        # A user-index step writes thousands of pages; checkpointing every 1,000 pages
+        # (the default) copied them back several times a step. A larger cache keeps the
+        # index's pages at hand.
         conn.execute("PRAGMA wal_autocheckpoint = 10000")
         conn.execute("PRAGMA cache_size = -65536")
         stopping = False
         while not stopping:
-            jobs = [self._queue.get()]
+            try:
+                # With rows waiting for the user index, an idle writer indexes them.
+                wait = self.index_delay if self._stored > self._indexed else None
+                jobs = [self._queue.get(timeout=wait)]
+            except queue.Empty:
+                self._index(conn)
+                continue
             # Everything that arrived while the last commit ran goes into this one.
             while True:
                 try:
@@ -241,30 +327,61 @@ class SQLiteStore:
             writes = [job for job in jobs if job is not None and job[0] is not None]
             if writes:
                 self._commit(conn, writes)
+                if self._stored - self._indexed >= self.index_chunk:
+                    self._index(conn)
             for job in jobs:
                 if job is None:
                     stopping = True
                 elif job[0] is None:
                     job[1](conn)
+        # A cleanly closed file has every row in the user index.
+        self._index(conn)
         conn.close()
 
     def _commit(self, conn: sqlite3.Connection, writes: list[tuple[list[Activity], Done]]) -> None:
-        rows = [
-            (a.id, a.user_id, a.action, a.timestamp, a.details, a.key)
-            for activities, _ in writes
-            for a in activities
-        ]
+        rows = [_row(a) for activities, _ in writes for a in activities]
         error: BaseException | None = None
         try:
             conn.execute("BEGIN IMMEDIATE")
-            conn.executemany(f"INSERT INTO activities ({_COLUMNS}) VALUES (?,?,?,?,?,?)", rows)
+            start = 0
+            for size in _INSERT_SIZES:
+                while len(rows) - start >= size:
+                    values = chain.from_iterable(rows[start : start + size])
+                    conn.execute(_INSERTS[size], list(values))
+                    start += size
             conn.execute("COMMIT")
+            # Ids reach the queue in order, so the last row is the newest.
+            self._stored = max(self._stored, rows[-1][0])
         except Exception as exc:  # noqa: BLE001 - whatever it is, the writer must live on
             error = exc
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
         for _, done in writes:
             done(error)
+
+    def _index(self, conn: sqlite3.Connection) -> None:
+        """Add the rows committed since the last step to activities_by_user, at once."""
+        # One step of tens of thousands of rows sorted by user fills each index page it
+        # touches with many rows: 50,000 at once cost a fifth of adding each at commit.
+        top = self._stored
+        if top <= self._indexed:
+            return
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(
+                "INSERT INTO activities_by_user SELECT user_id, id FROM activities "
+                "WHERE id > ? AND id <= ? ORDER BY user_id, id",
+                (self._indexed, top),
+            )
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'indexed_id'", (str(top),))
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            # Queries stay right (they read unindexed rows by id); the next step retries.
+            log.warning("database %s: user index not updated: %s", self.path, exc)
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            return
+        self._indexed = top
 
     # -- retention (on the writer thread, in small steps) ------------------------------
 
