@@ -16,7 +16,7 @@ from tornado.iostream import StreamClosedError
 from ..activity import Activity, ValidationError, check_text, encode_list
 from ..service import ActivityService, Recorded, StoreUnavailable
 from . import params
-from .base import FIELD_NAMES, APIHandler
+from .base import APIHandler
 from .errors import ApiError
 
 DEFAULT_LIMIT = 100
@@ -99,8 +99,7 @@ class BatchHandler(MetricsHandler):
         for index, item in enumerate(items):
             if not isinstance(item, dict):
                 raise ApiError(400, f"item {index}: must be a JSON object", None, index)
-            values = {name: item.get(name) for name in FIELD_NAMES}
-            inputs.append(self.validated(values, index))
+            inputs.append(self.validated(item, index))
             keys.append(self.idempotency_key(item.get("event_id"), index))
         return self.answer(self.service.track(inputs, keys), self._respond)
 
