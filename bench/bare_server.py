@@ -2,8 +2,8 @@
 
 Started by bench/ingest.py as `python bench/bare_server.py --port P`. It mirrors run.py's
 setup on purpose -- same HTTPServer arguments, same bind_sockets/add_sockets, same
-asyncio.run main, same logging config (tornado.access at WARNING) -- so the only thing
-that differs from the project is what the handlers do:
+asyncio.run main, same logging config (tornado.access at WARNING), same garbage-collector
+settings -- so the only thing that differs from the project is what the handlers do:
 
 - POST /api/metrics/track returns a constant, precomputed activity-shaped JSON object
   (no argument parsing, no validation, no recording);
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import signal
@@ -84,6 +85,9 @@ def make_app(args: argparse.Namespace) -> tornado.web.Application:
 
 async def main(args: argparse.Namespace) -> int:
     app = make_app(args)
+    # The same garbage-collector settings as run.py's tune_gc().
+    gc.freeze()
+    gc.set_threshold(50_000, 10, 10)
     server = tornado.httpserver.HTTPServer(app, max_body_size=MAX_BODY_SIZE, xheaders=False)
     sockets = tornado.netutil.bind_sockets(args.port, args.host)
     server.add_sockets(sockets)
