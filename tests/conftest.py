@@ -54,7 +54,7 @@ class Api:
         self.base_url = base_url
 
     async def request(
-        self, method: str, path: str, body: Any = None, headers: dict | None = None
+        self, method: str, path: str, body: Any = None, headers: Any = None
     ) -> HTTPResponse:
         if isinstance(body, (dict, list)):
             body = json.dumps(body)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tornado.httputil import HTTPHeaders
 
 from tracker.activity import ActivityInput
 from tracker.service import ActivityService
@@ -175,6 +176,21 @@ async def test_bad_idempotency_key_is_400(api: Api, service: ActivityService, ke
     batch = [{"user_id": "u", "action": "a", "event_id": key or 7}]
     response = await api.request("POST", "/api/metrics/track/batch", body=batch)
     assert response.code == 400 and error_of(response)["field"] == "event_id"
+    assert service.last_id == 0
+
+
+@pytest.mark.gen_test
+async def test_repeated_idempotency_key_is_400(api: Api, service: ActivityService) -> None:
+    headers = HTTPHeaders()
+    headers.add("Idempotency-Key", "a")
+    headers.add("Idempotency-Key", "b")
+    response = await api.track("?user_id=u&action=a", headers=headers)
+    assert response.code == 400
+    assert error_of(response) == {
+        "status": 400,
+        "message": "Idempotency-Key must be given once",
+        "field": "Idempotency-Key",
+    }
     assert service.last_id == 0
 
 

@@ -77,7 +77,12 @@ class TrackHandler(MetricsHandler):
 
     def post(self) -> Awaitable[None] | None:
         data = self.activity_input()
-        key = self.idempotency_key(self.request.headers.get("Idempotency-Key"), None)
+        # Two keys would be joined into one by headers.get(); refuse them, as a query
+        # field given twice is refused.
+        sent = self.request.headers.get_list("Idempotency-Key")
+        if len(sent) > 1:
+            raise ApiError(400, "Idempotency-Key must be given once", "Idempotency-Key")
+        key = self.idempotency_key(sent[0], None) if sent else None
         return self.answer(self.service.track((data,), (key,)), self._respond)
 
     def _respond(self, activities: list[Activity], fresh: list[bool]) -> None:
