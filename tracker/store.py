@@ -304,11 +304,6 @@ class SQLiteStore:
 
     def _write_loop(self) -> None:
         conn = self._connect()
-        # A user-index step writes thousands of pages; checkpointing every 1,000 pages
-        # (the default) copied them back several times a step. A larger cache keeps the
-        # index's pages at hand.
-        conn.execute("PRAGMA wal_autocheckpoint = 10000")
-        conn.execute("PRAGMA cache_size = -65536")
         stopping = False
         while not stopping:
             try:
