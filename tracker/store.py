@@ -385,10 +385,12 @@ class SQLiteStore:
         """Delete at most DELETE_CHUNK of the oldest rows past retention; their ids."""
         ids: list[int] = []
         if cutoff is not None:
+            # Through the time index: ORDER BY id scanned the whole table whenever nothing
+            # was old enough (0.4 s at 1.4M rows), once a minute, on the writer thread.
             ids = [
                 r[0]
                 for r in conn.execute(
-                    "SELECT id FROM activities WHERE timestamp < ? ORDER BY id LIMIT ?",
+                    "SELECT id FROM activities WHERE timestamp < ? ORDER BY timestamp LIMIT ?",
                     (cutoff, DELETE_CHUNK),
                 )
             ]
