@@ -187,15 +187,13 @@ class SQLiteStore:
                 raise StoreError(
                     f"cannot use database {self.path}: not an activity tracker database"
                 )
+        # A new file gets its identity with its first tables.
+        born = f"INSERT INTO meta VALUES ('store_id', '{uuid.uuid4().hex}');"
         for step in range(version, SCHEMA_VERSION):
             # One script, one transaction per step: a crash leaves it all or none of it.
-            store_id = f"INSERT INTO meta VALUES ('store_id', '{uuid.uuid4().hex}');"
             conn.executescript(
-                "BEGIN IMMEDIATE;"
-                + MIGRATIONS[step]
-                + (store_id if step == 0 else "")
-                + f"PRAGMA user_version = {step + 1};"
-                + "COMMIT;"
+                f"BEGIN IMMEDIATE;{MIGRATIONS[step]}{born if step == 0 else ''}"
+                f"PRAGMA user_version = {step + 1};COMMIT;"
             )
 
     def _meta(self, key: str) -> str:
