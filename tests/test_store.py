@@ -17,8 +17,9 @@ import pytest
 from tornado.httputil import HTTPHeaders
 
 from tracker.activity import ActivityInput
+from tracker.query import Query
 from tracker.service import ActivityService
-from tracker.store import SCHEMA_VERSION, SQLiteStore
+from tracker.store import MIGRATIONS, SCHEMA_VERSION, SQLiteStore
 
 from .conftest import Api, error_of
 from .test_run import ROOT, free_port, start
@@ -217,8 +218,6 @@ def test_restart_refills_buffer_and_continues_ids(history: str) -> None:
 
 
 def test_filters_summary_export_reach_older_than_buffer(history: str) -> None:
-    from tracker.query import Query
-
     service = ActivityService(10, store=SQLiteStore(history))
     try:
         assert [a.id for a in service.query(Query(user_ids=frozenset({"u1"}), limit=100))] == [
@@ -327,8 +326,6 @@ def indexed_id(path: str) -> int:
 
 
 def test_user_filter_reads_indexed_and_not_yet_indexed_rows(db_path: str) -> None:
-    from tracker.query import Query
-
     # Indexed in steps of 20 rows, never when idle: after 50 records ids 41-50 still wait.
     service = ActivityService(10, store=SQLiteStore(db_path, index_chunk=20, index_delay=3600))
     try:
@@ -369,9 +366,6 @@ def test_idle_writer_indexes_what_waits(db_path: str) -> None:
 
 
 def test_version_1_database_is_migrated(db_path: str) -> None:
-    from tracker.query import Query
-    from tracker.store import MIGRATIONS
-
     conn = sqlite3.connect(db_path, isolation_level=None)
     conn.executescript(
         MIGRATIONS[0]
