@@ -155,3 +155,21 @@ async def test_dashboard_sends_security_headers(api: Api) -> None:
     assert page.headers["Referrer-Policy"] == "no-referrer"
     asset = await api.request("GET", "/static/dashboard.js")
     assert asset.headers["X-Content-Type-Options"] == "nosniff"
+
+
+@pytest.mark.gen_test
+async def test_api_readers_are_not_cached_or_sniffed(api: Api) -> None:
+    recorded = await api.track("?user_id=a&action=b")
+    assert recorded.code == 200
+    assert recorded.headers["Content-Type"] == "application/json; charset=UTF-8"
+    for path in (
+        "/api/metrics/activities",
+        "/api/metrics/summary",
+        "/api/metrics/export?format=ndjson",
+        "/api/metrics/nothing-here",
+    ):
+        response = await api.request("GET", path)
+        assert response.headers["Cache-Control"] == "no-store", path
+        assert response.headers["X-Content-Type-Options"] == "nosniff", path
+    refused = await api.track("?user_id=a")
+    assert refused.code == 400 and refused.headers["Cache-Control"] == "no-store"

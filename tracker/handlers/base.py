@@ -11,11 +11,10 @@ from .auth import require_token
 from .errors import JSON_TYPE, ApiError, JSONErrors
 
 FIELD_NAMES = tuple(name for name, _, _ in FIELDS)
-_API_HEADERS = {
-    "Content-Type": JSON_TYPE,
-    "Cache-Control": "no-store",
-    "X-Content-Type-Options": "nosniff",
-}
+# Every API answer is JSON. A reader's answer also must not be kept by a cache or sniffed
+# into another type when a page loads it as a script or style.
+WRITE_HEADERS = {"Content-Type": JSON_TYPE}
+READ_HEADERS = {**WRITE_HEADERS, "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 
 
 class APIHandler(JSONErrors):
@@ -24,9 +23,12 @@ class APIHandler(JSONErrors):
     def initialize(self, max_body_size: int = 1024 * 1024, **_: Any) -> None:
         self.max_body_size = max_body_size
 
+    # The headers every answer starts with.
+    default_headers: dict[str, str] = READ_HEADERS
+
     def set_default_headers(self) -> None:
         # Constant, known-good values: skip set_header's per-call checks on every request.
-        self._headers.update(_API_HEADERS)
+        self._headers.update(self.default_headers)
 
     def compute_etag(self) -> None:
         # Every answer is Cache-Control: no-store, so no client can use an ETag; without

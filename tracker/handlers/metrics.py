@@ -16,7 +16,7 @@ from tornado.iostream import StreamClosedError
 from ..activity import Activity, ValidationError, check_text, encode_list
 from ..service import ActivityService, Recorded, StoreUnavailable
 from . import params
-from .base import APIHandler
+from .base import WRITE_HEADERS, APIHandler
 from .errors import ApiError
 
 DEFAULT_LIMIT = 100
@@ -75,6 +75,11 @@ class MetricsHandler(APIHandler):
 class TrackHandler(MetricsHandler):
     """POST /api/metrics/track: validate, record, answer once durable with the activity."""
 
+    # No Cache-Control or nosniff: a POST answer without freshness information is never
+    # cached (RFC 9111, 9.3.3), and no page can load it as a script or style. Tornado checks
+    # each header line it writes: those two cost 2% of a POST's instructions (callgrind).
+    default_headers = WRITE_HEADERS
+
     def post(self) -> Awaitable[None] | None:
         data = self.activity_input()
         # Two keys would be joined into one by headers.get(); refuse them, as a query
@@ -93,6 +98,8 @@ class TrackHandler(MetricsHandler):
 
 class BatchHandler(MetricsHandler):
     """POST /api/metrics/track/batch: a JSON array, all validated before any is recorded."""
+
+    default_headers = WRITE_HEADERS  # as TrackHandler's
 
     def post(self) -> Awaitable[None] | None:
         items = self.json_body(list)
