@@ -8,6 +8,10 @@ from datetime import datetime, timezone
 from json.encoder import encode_basestring_ascii as _quote  # type: ignore[attr-defined]
 from typing import Any, NamedTuple
 
+# A NamedTuple's own __new__ is a Python function that checks the arguments; where every
+# field is at hand, this skips that call: a fifth of the cost of making an activity.
+_new_tuple = tuple.__new__
+
 USER_ID_MAX = 256
 ACTION_MAX = 128
 DETAILS_MAX = 4096
@@ -65,7 +69,7 @@ def validate(values: Mapping[str, Any]) -> ActivityInput:
             )
         )
     ):
-        return ActivityInput(user_id, action, details)  # type: ignore[arg-type]
+        return _new_tuple(ActivityInput, (user_id, action, details))
     clean: dict[str, str | None] = {}
     for name, limit, required in FIELDS:
         value = values.get(name)
@@ -131,7 +135,9 @@ class Activity(NamedTuple):
             f'"timestamp":"{timestamp}","details":{shown}}}'
         )
         # ensure_ascii quoting: the text is ASCII, so this encode is a plain copy.
-        return cls(id, user_id, action, timestamp, details, encoded.encode("ascii"), key)
+        return _new_tuple(
+            cls, (id, user_id, action, timestamp, details, encoded.encode("ascii"), key)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The activity as a plain dict (the JSON object's fields)."""
