@@ -71,21 +71,18 @@ class APIHandler(JSONErrors):
     def activity_input(self) -> ActivityInput:
         """The activity fields from a JSON body, or else from the query string and form."""
         if self.has_json_body():
-            body = self.json_body()
-            values = {name: body.get(name) for name in FIELD_NAMES}
-        else:
-            args = self.request.arguments
-            values = {}
-            for name in FIELD_NAMES:
-                raw = args.get(name)
-                if not raw:
-                    values[name] = None
-                    continue
-                try:
-                    # The common case inline; argument() explains a repeat or bad bytes.
-                    values[name] = raw[0].decode() if len(raw) == 1 else self.argument(name)
-                except UnicodeDecodeError:
-                    values[name] = self.argument(name)
+            return self.validated(self.json_body())
+        args = self.request.arguments
+        values: dict[str, str | None] = {}
+        for name in FIELD_NAMES:
+            raw = args.get(name)
+            if raw is None:
+                continue  # absent: validate() reads it as None
+            try:
+                # The common case inline; argument() explains a repeat or bad bytes.
+                values[name] = raw[0].decode() if len(raw) == 1 else self.argument(name)
+            except UnicodeDecodeError:
+                values[name] = self.argument(name)
         return self.validated(values)
 
     @staticmethod
