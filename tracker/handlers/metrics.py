@@ -9,7 +9,6 @@ import json
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import datetime, timezone
-from typing import Any
 
 from tornado.iostream import StreamClosedError
 
@@ -31,9 +30,10 @@ class MetricsHandler(APIHandler):
     """An API handler with the activity service."""
 
     def initialize(  # type: ignore[override]
-        self, service: ActivityService, max_batch: int = 1000, **kwargs: Any
+        self, service: ActivityService, max_body_size: int, max_batch: int = 1000
     ) -> None:
-        super().initialize(**kwargs)
+        # APIHandler's part too, without super() and a kwargs dict: this runs per request.
+        self.max_body_size = max_body_size
         self.service = service
         self.max_batch = max_batch
 
