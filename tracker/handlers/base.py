@@ -31,7 +31,7 @@ class APIHandler(JSONErrors):
         self._headers.update(self.default_headers)
 
     def compute_etag(self) -> None:
-        # Every answer is Cache-Control: no-store, so no client can use an ETag; without
+        # Every GET answer is Cache-Control: no-store, so no client can use an ETag; without
         # this Tornado hashes (SHA-1) every GET body and checks If-None-Match.
         return None
 
