@@ -39,9 +39,7 @@ class APIHandler(JSONErrors):
         return None
 
     def prepare(self) -> None:
-        token = self.application.settings.get("api_token")
-        if token:  # none: the API is open, and no call is made
-            require_token(self.request, token)
+        require_token(self.request, self.settings.get("api_token", ""))
         # The HTTP server's own cap is larger, so most oversized bodies get this JSON 413.
         if len(self.request.body) > self.max_body_size:
             raise ApiError(413, f"request body exceeds {self.max_body_size} bytes")

@@ -88,16 +88,12 @@ class TrackHandler(MetricsHandler):
         if len(sent) > 1:
             raise ApiError(400, "Idempotency-Key must be given once", "Idempotency-Key")
         key = self.idempotency_key(sent[0], None) if sent else None
-        outcome = self.service.track((data,), (key,))
-        if type(outcome) is not tuple:
-            return self.answer(outcome, self._respond)  # once the store has committed
-        self._respond(*outcome)  # in memory, recorded already: the hot path, one call less
-        return None
+        return self.answer(self.service.track((data,), (key,)), self._respond)
 
     def _respond(self, activities: list[Activity], fresh: list[bool]) -> None:
         if not fresh[0]:
             self.set_header("Idempotent-Replayed", "true")
-        self.finish(activities[0].json)
+        self.write_json(activities[0].json)
 
 
 class BatchHandler(MetricsHandler):
