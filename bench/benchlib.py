@@ -6,6 +6,7 @@ Not a benchmark itself; bench/ingest.py, bench/live.py and bench/soak.py import 
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import http.client
@@ -527,6 +528,48 @@ def environment_line() -> str:
         f"{cpu_count()} CPUs usable, load avg {os.getloadavg()[0]:.2f}, "
         f"git {git_revision()}"
     )
+
+
+def verdict(ok: bool) -> str:
+    """How a report names a target's outcome."""
+    return "met" if ok else "MISSED"
+
+
+def add_server_options(p: argparse.ArgumentParser, example: str) -> None:
+    """The options every benchmark shares: the server, its token, pinning, JSON output."""
+    p.add_argument(
+        "--server-args",
+        default="",
+        help="extra run.py arguments (one shell-quoted string); {tmp} is replaced by a fresh "
+        f"temporary directory, e.g. '{example}'",
+    )
+    p.add_argument(
+        "--server-cmd",
+        default=f"{shlex.quote(python())} run.py",
+        help="project server command (run from the repo root); --port P is appended",
+    )
+    p.add_argument(
+        "--token",
+        help="run the server with --api-token TOKEN; every request and client sends it, so "
+        "the cost of the check is measured too",
+    )
+    p.add_argument("--server-cpu", type=int, default=0, help="CPU for the servers")
+    p.add_argument("--client-cpu", type=int, default=1, help="CPU for load and clients")
+    p.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="niceness for the servers, load generators and clients; e.g. -10 (as root) "
+        "shields them from other work on a shared machine",
+    )
+    p.add_argument("--no-pin", action="store_true", help="do not pin with taskset")
+    p.add_argument("--json", metavar="FILE", help="also write the raw results as JSON")
+
+
+def apply_pinning(args: argparse.Namespace) -> None:
+    """No CPUs to pin to (--no-pin, or a single CPU): server_cpu and client_cpu are None."""
+    if args.no_pin or cpu_count() < 2:
+        args.server_cpu = args.client_cpu = None
 
 
 def python() -> str:

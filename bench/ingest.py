@@ -108,33 +108,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="where the temporary directory (and so the --db file) is created; default: "
         "$TMPDIR or /tmp. The file system matters for --db: fsync on tmpfs is free",
     )
-    p.add_argument(
-        "--server-args",
-        default="",
-        help="extra arguments for run.py (one shell-quoted string); {tmp} is replaced by a "
-        "fresh temporary directory, e.g. '--capacity 5000'",
-    )
-    p.add_argument(
-        "--server-cmd",
-        default=f"{shlex.quote(bl.python())} run.py",
-        help="project server command (run from the repo root); --port P is appended",
-    )
-    p.add_argument(
-        "--token",
-        help="run the project with --api-token TOKEN and send it (Authorization: Bearer) on "
-        "every request, so the cost of the check is measured too",
-    )
-    p.add_argument("--server-cpu", type=int, default=0, help="CPU for the servers")
-    p.add_argument("--client-cpu", type=int, default=1, help="CPU for wrk")
-    p.add_argument(
-        "--nice",
-        type=int,
-        default=0,
-        help="niceness for the servers, load generators and clients; e.g. -10 (as root) "
-        "shields them from other work on a shared machine",
-    )
-    p.add_argument("--no-pin", action="store_true", help="do not pin with taskset")
-    p.add_argument("--json", metavar="FILE", help="also write all raw results as JSON")
+    bl.add_server_options(p, "--capacity 5000")
     p.add_argument(
         "--keep", action="store_true", help="keep the temporary directory (database, logs)"
     )
@@ -144,8 +118,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if unknown or not args.sections:
         p.error(f"--only: unknown section(s) {sorted(unknown)}; choose from {SECTIONS}")
     args.batch_sizes = [int(x) for x in args.batch_sizes.split(",") if x.strip()]
-    if args.no_pin or bl.cpu_count() < 2:
-        args.server_cpu = args.client_cpu = None
+    bl.apply_pinning(args)
     return args
 
 
@@ -435,9 +408,6 @@ def main(argv: list[str]) -> int:
             if b[field]
         ]
 
-    def verdict(ok: bool) -> str:
-        return "met" if ok else "MISSED"
-
     summary: dict[str, Any] = {}
     print()
     print("## Ingest benchmark")
@@ -503,7 +473,7 @@ def main(argv: list[str]) -> int:
             per_round = ", ".join(f"{r:.2f}" for r in row["ratios"])
             print(
                 f"- {key}: ratio {row['ratio']:.3f} vs target >= {target:.2f}: "
-                f"{verdict(row['ratio'] >= target)} (per round: {per_round})"
+                f"{bl.verdict(row['ratio'] >= target)} (per round: {per_round})"
             )
         print()
         print(
@@ -545,7 +515,7 @@ def main(argv: list[str]) -> int:
             cpu_act = med(key, "project", "cpu_us_per_req") / size
             summary[key] = {"activities_per_s": rate, "cpu_us_per_activity": cpu_act}
             target = (
-                f"{verdict(rate >= TARGET_BATCH_RATE)} (>= {TARGET_BATCH_RATE:,}/s)"
+                f"{bl.verdict(rate >= TARGET_BATCH_RATE)} (>= {TARGET_BATCH_RATE:,}/s)"
                 if size == 1000
                 else "-"
             )
@@ -585,9 +555,9 @@ def main(argv: list[str]) -> int:
             rs = ratios(key, "db", "project", field)
             ratio = bl.median(rs)
             if key == "POST":
-                target = f"{verdict(ratio >= TARGET_DB_POST_RATIO)} (ratio >= 0.60)"
+                target = f"{bl.verdict(ratio >= TARGET_DB_POST_RATIO)} (ratio >= 0.60)"
             elif args.db_batch == 1000:
-                target = f"{verdict(db >= TARGET_DB_BATCH_RATE)} (>= {TARGET_DB_BATCH_RATE:,}/s)"
+                target = f"{bl.verdict(db >= TARGET_DB_BATCH_RATE)} (>= {TARGET_DB_BATCH_RATE:,}/s)"
             else:
                 target = "-"
             summary[f"DB_{key}"] = {"memory": mem, "db": db, "ratio": ratio, "ratios": rs}

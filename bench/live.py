@@ -770,7 +770,7 @@ async def main_async(args: argparse.Namespace) -> int:
         k99, a99 = med(runs, "kernel_p99_ms"), med(runs, "app_p99_ms")
         if clients == 1000:
             verdict = ", ".join(
-                f"{name} {'met' if v < TARGET_P99_MS else 'MISSED'}"
+                f"{name} {bl.verdict(v < TARGET_P99_MS)}"
                 for name, v in (("kernel", k99), ("app", a99))
             )
         else:
@@ -849,11 +849,7 @@ async def main_async(args: argparse.Namespace) -> int:
         print("|---|---|---|---|---|---|---|---|---|")
         for clients, runs in ((0, none), (args.ingest_clients, some)):
             ratio = bl.median(ratios) if clients else 1.0
-            target = (
-                ("met" if ratio >= TARGET_INGEST_RATIO else "MISSED") + " (>= 0.75)"
-                if clients
-                else ""
-            )
+            target = bl.verdict(ratio >= TARGET_INGEST_RATIO) + " (>= 0.75)" if clients else ""
             client_cpu = (
                 f"{bl.median([r['client_cpu_pct'] for r in runs]):.0f}%" if clients else "-"
             )
@@ -910,39 +906,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--ingest-rounds", type=int, default=3, help="0 skips the ingest part")
     p.add_argument("--ingest-duration", type=float, default=5, help="seconds per wrk run")
     p.add_argument("--connections", type=int, default=16, help="wrk -c")
-    p.add_argument(
-        "--server-args",
-        default="",
-        help="extra run.py arguments (one shell-quoted string); {tmp} is replaced by a fresh "
-        "temporary directory, e.g. '--db {tmp}/bench.db'",
-    )
-    p.add_argument(
-        "--server-cmd",
-        default=f"{shlex.quote(bl.python())} run.py",
-        help="project server command (run from the repo root); --port P is appended",
-    )
-    p.add_argument(
-        "--token",
-        help="run the server with --api-token TOKEN; every request and client sends it",
-    )
-    p.add_argument("--server-cpu", type=int, default=0)
-    p.add_argument("--client-cpu", type=int, default=1)
-    p.add_argument(
-        "--nice",
-        type=int,
-        default=0,
-        help="niceness for the servers, load generators and clients; e.g. -10 (as root) "
-        "shields them from other work on a shared machine",
-    )
-    p.add_argument("--no-pin", action="store_true")
-    p.add_argument("--json", metavar="FILE", help="also write the raw results as JSON")
+    bl.add_server_options(p, "--db {tmp}/bench.db")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     p.add_argument("--worker-clients", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.clients = [int(x) for x in str(args.clients).split(",") if x.strip()]
-    if args.no_pin or bl.cpu_count() < 2:
-        args.server_cpu = args.client_cpu = None
+    bl.apply_pinning(args)
     return args
 
 

@@ -846,9 +846,6 @@ async def main_async(args: argparse.Namespace, argv: list[str]) -> int:
     exceptions = sum(load.exceptions.values())
     late = sorted(load.late_ms)
 
-    def verdict(ok: bool) -> str:
-        return "met" if ok else "MISSED"
-
     print()
     print("## Soak test")
     print()
@@ -923,7 +920,7 @@ async def main_async(args: argparse.Namespace, argv: list[str]) -> int:
     )
     print(
         f"| missed acknowledged ids (goal 0) | {total['missed']} in total, worst listener "
-        f"{worst_missed}: {verdict(total['missed'] == 0 and len(stayed) == args.listeners)} |"
+        f"{worst_missed}: {bl.verdict(total['missed'] == 0 and len(stayed) == args.listeners)} |"
     )
     print(
         f"| duplicates / out of order / unexpected ids | {total['duplicates']} / "
@@ -970,7 +967,7 @@ async def main_async(args: argparse.Namespace, argv: list[str]) -> int:
     )
     print(
         f"| RSS end / after {settle:g} s (goal <= {TARGET_RSS_RATIO:.2f}) | {rss_ratio:.3f}: "
-        f"{verdict(rss_ratio <= TARGET_RSS_RATIO)} |"
+        f"{bl.verdict(rss_ratio <= TARGET_RSS_RATIO)} |"
     )
     print(
         "| server open fds / threads | "
@@ -1039,30 +1036,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--drain-timeout", type=float, default=15, help="seconds for listeners to catch up"
     )
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument(
-        "--server-args",
-        default="",
-        help="extra run.py arguments (one shell-quoted string); {tmp} is replaced by a fresh "
-        "temporary directory, e.g. '--db {tmp}/soak.db'",
-    )
-    p.add_argument(
-        "--server-cmd",
-        default=f"{shlex.quote(bl.python())} run.py",
-        help="server command (run from the repo root); --host 127.0.0.1 --port P is appended",
-    )
-    p.add_argument("--token", help="run the server with --api-token TOKEN; every client sends it")
-    p.add_argument("--server-cpu", type=int, default=0)
-    p.add_argument("--client-cpu", type=int, default=1)
-    p.add_argument("--nice", type=int, default=0, help="niceness for everything started")
-    p.add_argument("--no-pin", action="store_true")
+    bl.add_server_options(p, "--db {tmp}/soak.db")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory and logs")
-    p.add_argument("--json", metavar="FILE", help="also write the raw results as JSON")
     p.add_argument("--worker", choices=["listen", "churn"], help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     p.add_argument("--worker-clients", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.no_pin or bl.cpu_count() < 2:
-        args.server_cpu = args.client_cpu = None
+    bl.apply_pinning(args)
     return args
 
 
