@@ -23,7 +23,7 @@ import json
 import logging
 import signal
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import tornado.httpserver
 import tornado.netutil
@@ -36,7 +36,7 @@ MAX_BODY_SIZE = 4 * 1024 * 1024
 
 def activity_json(id_: int, user_id: str, action: str, details: str | None) -> bytes:
     """One activity object, encoded the way the project encodes it (compact separators)."""
-    timestamp = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+    timestamp = datetime.now(UTC).isoformat(timespec="microseconds")
     return json.dumps(
         {
             "id": id_,

@@ -447,7 +447,7 @@ class Load:
                 conn.request(method, path, body, headers), self.args.request_timeout
             )
             self.rtt.setdefault(kind, []).append((sent - self.t0, (time.monotonic() - sent) * 1000))
-        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
             self.exceptions[f"{kind} {type(exc).__name__}"] += 1
             self.note(f"{kind}: {type(exc).__name__}: {exc}")
             conn.close()

@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from playwright.sync_api import sync_playwright
@@ -78,7 +78,7 @@ def free_port() -> int:
 def seed_history(db: str) -> None:
     """Write HISTORY_MINUTES of past traffic (a morning ramp) into a new database."""
     rng = random.Random(7)
-    now = datetime.now(timezone.utc).replace(second=0, microsecond=0)
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
     users, user_weights = zip(*HISTORY_USERS, strict=True)
     actions, action_weights = zip(*HISTORY_ACTIONS, strict=True)
     activities = []

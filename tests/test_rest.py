@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -41,11 +41,11 @@ async def test_seed_examples_work_verbatim(api: Api) -> None:
 
 @pytest.mark.gen_test
 async def test_timestamp_is_utc_iso_with_microseconds(api: Api) -> None:
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     body = json.loads((await api.track("?user_id=a&action=b")).body)
     assert TIMESTAMP.match(body["timestamp"]), body["timestamp"]
     moment = datetime.fromisoformat(body["timestamp"])
-    assert before - timedelta(seconds=1) <= moment <= datetime.now(timezone.utc)
+    assert before - timedelta(seconds=1) <= moment <= datetime.now(UTC)
 
 
 @pytest.mark.gen_test

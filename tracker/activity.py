@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from json.encoder import encode_basestring_ascii as _quote  # type: ignore[attr-defined]
 from typing import Any, NamedTuple
 
@@ -105,7 +105,7 @@ def check_text(value: str, name: str) -> None:
 
 def format_timestamp(moment: datetime) -> str:
     """UTC ISO 8601 with microseconds and the +00:00 offset, always."""
-    return moment.astimezone(timezone.utc).isoformat(timespec="microseconds")
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 class Activity(NamedTuple):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .activity import Activity, format_timestamp
@@ -45,7 +45,7 @@ class Query:
 def canonical_time(moment: datetime) -> str:
     """A filter bound in the stored timestamp format; naive times are UTC."""
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return format_timestamp(moment)
 
 

@@ -10,7 +10,7 @@ import uuid
 from bisect import bisect_right
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from itertools import chain
 from typing import Any
 
@@ -292,7 +292,7 @@ class ActivityService:
             return 0
         cutoff = None
         if days:
-            cutoff = format_timestamp(datetime.now(timezone.utc) - timedelta(days=days))
+            cutoff = format_timestamp(datetime.now(UTC) - timedelta(days=days))
         deleted = 0
         while True:
             step: list[list[int]] = []

@@ -8,7 +8,7 @@ import io
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from tornado.iostream import StreamClosedError
 
@@ -172,7 +172,7 @@ class ExportHandler(MetricsHandler):
         if fmt not in ("csv", "ndjson"):
             raise ApiError(400, "format must be csv or ndjson", "format")
         query = params.query(args, default_limit=None, cap=None)
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         media = "text/csv; charset=UTF-8" if fmt == "csv" else "application/x-ndjson"
         self.set_header("Content-Type", media)
         self.set_header("Content-Disposition", f'attachment; filename="activities-{stamp}.{fmt}"')
