@@ -16,14 +16,29 @@ from tracker.hub import LiveHub
 from tracker.service import ActivityService
 from tracker.store import SQLiteStore
 
+BACKENDS = ("memory", "db")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run tests marked both_backends once in memory and once with a --db file."""
+    marked = metafunc.definition.get_closest_marker("both_backends")
+    if marked and "backend" in metafunc.fixturenames:
+        metafunc.parametrize("backend", BACKENDS, indirect=True)
+
 
 @pytest.fixture
-def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+def backend(request: pytest.FixtureRequest) -> str:
+    """Where the service under test keeps activities: "memory" or "db"."""
+    return getattr(request, "param", "memory")
+
+
+@pytest.fixture
+def settings(request: pytest.FixtureRequest, tmp_path: Path, backend: str) -> Settings:
     """Defaults, changed by a test's @pytest.mark.settings(name=value, ...);
-    db=True means a fresh database file in the test's temporary folder."""
+    db=True (or the "db" backend) means a fresh database file in the test's temporary folder."""
     marker = request.node.get_closest_marker("settings")
     values = dict(marker.kwargs) if marker else {}
-    if values.get("db") is True:
+    if values.get("db") is True or backend == "db":
         values["db"] = str(tmp_path / "activities.db")
     return Settings(**values)
 
@@ -75,7 +90,7 @@ class Api:
 
 
 @pytest.fixture
-def api(http_client: AsyncHTTPClient, base_url: str) -> Api:
+def api(http_client: AsyncHTTPClient, base_url: str, app: Any) -> Api:
     return Api(http_client, base_url)
 
 

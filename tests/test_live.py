@@ -38,6 +38,7 @@ def record(service: ActivityService, count: int, user: str = "u") -> None:
 
 
 @pytest.mark.gen_test
+@pytest.mark.both_backends
 async def test_hello_tells_store_and_position(http_server: Any, base_url: str, service) -> None:
     record(service, 3)
     feed = await Feed.connect(base_url)
@@ -51,6 +52,7 @@ async def test_hello_tells_store_and_position(http_server: Any, base_url: str, s
 
 
 @pytest.mark.gen_test(timeout=30)
+@pytest.mark.both_backends
 async def test_three_clients_each_get_all_100_once_in_order(
     http_server: Any, base_url: str, api: Api
 ) -> None:
@@ -69,6 +71,7 @@ async def test_three_clients_each_get_all_100_once_in_order(
 
 
 @pytest.mark.gen_test(timeout=30)
+@pytest.mark.both_backends
 async def test_reconnect_with_since_resumes_exactly(
     http_server: Any, base_url: str, api: Api, service: ActivityService
 ) -> None:
@@ -99,6 +102,7 @@ async def test_resume_from_evicted_id_is_told_then_gets_the_buffer(
 
 
 @pytest.mark.gen_test
+@pytest.mark.both_backends
 async def test_other_store_or_future_id_is_a_reset(
     http_server: Any, base_url: str, service: ActivityService
 ) -> None:

@@ -25,6 +25,7 @@ async def record_many(api: Api, count: int, prefix: str = "u") -> None:
 
 
 @pytest.mark.gen_test
+@pytest.mark.both_backends
 async def test_seed_examples_work_verbatim(api: Api) -> None:
     login = await api.track("?user_id=user_123&action=login&details=Successful+login")
     view = await api.track("?user_id=user_456&action=view&details=Viewed+analytics+page")
@@ -89,6 +90,7 @@ async def test_values_at_the_limits_are_accepted(api: Api) -> None:
 
 
 @pytest.mark.gen_test
+@pytest.mark.both_backends
 async def test_limit_defaults_to_100_newest(api: Api) -> None:
     await record_many(api, 150)
     got = await api.activities()
@@ -96,6 +98,7 @@ async def test_limit_defaults_to_100_newest(api: Api) -> None:
 
 
 @pytest.mark.gen_test
+@pytest.mark.both_backends
 async def test_limit_zero_returns_empty_array(api: Api) -> None:
     await record_many(api, 3)
     response = await api.request("GET", "/api/metrics/activities?limit=0")
@@ -104,6 +107,7 @@ async def test_limit_zero_returns_empty_array(api: Api) -> None:
 
 
 @pytest.mark.gen_test
+@pytest.mark.both_backends
 async def test_limit_above_capacity_returns_whole_buffer(
     api: Api, service: ActivityService
 ) -> None:
@@ -113,6 +117,7 @@ async def test_limit_above_capacity_returns_whole_buffer(
 
 
 @pytest.mark.gen_test
+@pytest.mark.both_backends
 async def test_activities_are_oldest_first(api: Api) -> None:
     for action in ("login", "view", "update", "logout"):
         await api.track(f"?user_id=u&action={action}")
@@ -159,6 +164,7 @@ BAD_TRACKS = [
 
 @pytest.mark.gen_test
 @pytest.mark.parametrize("query,body,status,field", BAD_TRACKS)
+@pytest.mark.both_backends
 async def test_bad_track_input_is_refused_and_changes_nothing(
     api: Api, service: ActivityService, query: str, body: dict | None, status: int, field: str
 ) -> None:

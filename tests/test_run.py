@@ -58,13 +58,59 @@ def test_flags_beat_environment_which_beats_defaults() -> None:
     assert load_settings([], {}) == Settings()
 
 
-@pytest.mark.parametrize("argv", [["--capacity", "0"], ["--capacity", "x"], ["--port", "p"]])
-def test_bad_flag_values_exit_with_usage(argv: list[str]) -> None:
+BAD_FLAGS = [
+    ["--capacity", "0"],
+    ["--capacity", "x"],
+    ["--port", "p"],
+    ["--port", "70000"],
+    ["--port", "-1"],
+    ["--retention-days", "nan"],
+    ["--retention-days", "inf"],
+    ["--retention-days", "-1"],
+    ["--retention-days", "1e9"],
+    ["--max-rows", "-5"],
+    ["--ws-ping-interval", "nan"],
+]
+
+
+@pytest.mark.parametrize("argv", BAD_FLAGS)
+def test_bad_or_out_of_range_flag_is_one_line_and_exit_2(argv: list[str]) -> None:
     result = subprocess.run(
         [sys.executable, "run.py", *argv], cwd=ROOT, capture_output=True, text=True, timeout=20
     )
     assert result.returncode == 2
-    assert "usage:" in result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert argv[0] in result.stderr and "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_out_of_range_environment_value_is_refused_too() -> None:
+    result = subprocess.run(
+        [sys.executable, "run.py"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=20,
+        env={**os.environ, "TRACKER_PORT": "70000"},
+    )
+    assert result.returncode == 2 and "--port" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["data#1.db", "what?.db", "100%.db"])
+def test_db_path_is_used_exactly_as_given(tmp_path: Path, name: str) -> None:
+    port = free_port()
+    proc, _ = start("--port", str(port), "--db", str(tmp_path / name))
+    try:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/metrics/track?user_id=u&action=login", method="POST"
+        )
+        urllib.request.urlopen(request, timeout=5).read()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(("-wal", "-shm"))) == [
+        name
+    ]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

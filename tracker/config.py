@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import math
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import Field, dataclass, field, fields
 from typing import Any
 
 
-def _opt(default: Any, help: str, minimum: float = 1) -> Any:
-    """A setting: its default, its --help text, and the least number it accepts."""
-    return field(default=default, metadata={"help": help, "minimum": minimum})
+def _opt(default: Any, help: str, minimum: float = 1, maximum: float = math.inf) -> Any:
+    """A setting: its default, its --help text, and the range of numbers it accepts."""
+    return field(default=default, metadata={"help": help, "minimum": minimum, "maximum": maximum})
 
 
 @dataclass(frozen=True)
@@ -18,18 +20,25 @@ class Settings:
     """Everything the server can be told; defaults are the documented ones."""
 
     host: str = _opt("127.0.0.1", "address to listen on")
-    port: int = _opt(8000, "TCP port to listen on (0: any free port)", minimum=0)
-    capacity: int = _opt(1000, "activities kept in the in-memory ring buffer")
+    port: int = _opt(8000, "TCP port to listen on (0: any free port)", minimum=0, maximum=65535)
+    capacity: int = _opt(1000, "activities kept in the in-memory ring buffer", maximum=10_000_000)
     db: str = _opt("", "SQLite file for durable history (created if missing); empty: memory only")
     retention_days: float = _opt(
-        0.0, "with --db, delete activities older than this many days; 0 keeps all", minimum=0
+        0.0,
+        "with --db, delete activities older than this many days; 0 keeps all",
+        minimum=0,
+        maximum=36_500,
     )
     max_rows: int = _opt(0, "with --db, keep at most this many activities; 0: no limit", minimum=0)
     api_token: str = _opt(
         "", "require 'Authorization: Bearer TOKEN' on every API call and the live feed"
     )
-    max_body_size: int = _opt(1024 * 1024, "largest request body in bytes; larger gets 413")
-    max_batch: int = _opt(1000, "most activities in one POST /api/metrics/track/batch")
+    max_body_size: int = _opt(
+        1024 * 1024, "largest request body in bytes; larger gets 413", maximum=1 << 30
+    )
+    max_batch: int = _opt(
+        1000, "most activities in one POST /api/metrics/track/batch", maximum=100_000
+    )
     allowed_origins: tuple[str, ...] = _opt(
         (),
         "comma-separated extra Origins allowed to open the live WebSocket (same-origin and "
@@ -66,15 +75,27 @@ def _convert(kind: type, raw: str) -> Any:
     return kind(raw)
 
 
-def _check_minimum(value: object, spec: Field[Any]) -> None:
-    minimum = spec.metadata["minimum"]
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value < minimum:
-        raise ValueError(f"--{spec.name.replace('_', '-')} must be at least {minimum}")
+def _check_range(value: object, spec: Field[Any]) -> None:
+    """Refuse numbers outside the setting's range, and NaN or infinity for any of them."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return
+    low, high = spec.metadata["minimum"], spec.metadata["maximum"]
+    if not math.isfinite(value) or not low <= value <= high:
+        bound = f"from {low} to {high}" if math.isfinite(high) else f"at least {low}"
+        raise ValueError(f"--{spec.name.replace('_', '-')} must be a number {bound}")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr, then exit 2."""
+
+    def error(self, message: str) -> Any:
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line: one flag per setting, each with its environment fallback."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="run.py",
         description="Activity tracker: REST ingest, live WebSocket feed and dashboard.",
     )
@@ -117,7 +138,7 @@ def load_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
                 parser.error(f"{_env_name(spec.name)}: not a valid {spec.name}")
         if value is not None:
             try:
-                _check_minimum(value, spec)
+                _check_range(value, spec)
             except ValueError as exc:
                 parser.error(str(exc))
             values[spec.name] = value

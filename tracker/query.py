@@ -28,7 +28,10 @@ class Query:
     @property
     def filtered(self) -> bool:
         """True when any filter (not just a limit) applies."""
-        return bool(self.user_ids or self.actions or self.since or self.until or self.before_id)
+        # `is not None`: 0 and "" are filter values too (before_id=0 matches nothing).
+        return bool(self.user_ids or self.actions) or any(
+            bound is not None for bound in (self.since, self.until, self.before_id)
+        )
 
     def matches(self, activity: Activity) -> bool:
         """Whether the activity passes every filter (the limit aside)."""

@@ -8,6 +8,7 @@ import os
 import queue
 import sqlite3
 import threading
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
 from itertools import chain
@@ -164,7 +165,8 @@ class SQLiteStore:
     def _connect(self) -> sqlite3.Connection:
         if os.path.isdir(self.path):
             raise StoreError(f"cannot use database {self.path}: it is a directory")
-        uri = "file:" + self.path + "?mode=rwc"
+        # Quoted: a "#" or "?" in a file name would otherwise end the path part of the URI.
+        uri = "file:" + urllib.parse.quote(os.path.abspath(self.path)) + "?mode=rwc"
         conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA busy_timeout = 5000")
         # Fails here on a file that is not a database.
