@@ -14,7 +14,7 @@ import sys
 import tornado.httpserver
 import tornado.netutil
 
-from tracker.app import DASHBOARD_PATH, build
+from tracker.app import DASHBOARD_PATH, Tracker, build
 from tracker.config import Settings, load_settings
 from tracker.store import StoreError
 
@@ -60,15 +60,15 @@ def tune_gc() -> None:
 
 
 async def main(settings: Settings) -> int:
-    """Serve until SIGINT or SIGTERM, then close every connection and return 0."""
+    """Serve until SIGINT or SIGTERM, then stop cleanly and return 0."""
     try:
-        service, hub, app = build(settings)
+        tracker = build(settings)
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     tune_gc()
     server = tornado.httpserver.HTTPServer(
-        app, max_body_size=settings.max_body_size * HARD_BODY_FACTOR, xheaders=False
+        tracker.app, max_body_size=settings.max_body_size * HARD_BODY_FACTOR, xheaders=False
     )
     try:
         sockets = tornado.netutil.bind_sockets(settings.port, settings.host)
@@ -77,7 +77,7 @@ async def main(settings: Settings) -> int:
             f"error: cannot listen on {settings.host}:{settings.port}: {exc.strerror}",
             file=sys.stderr,
         )
-        service.close()
+        tracker.service.close()
         return 2
     server.add_sockets(sockets)
     if not settings.api_token and not is_loopback(settings.host):
@@ -86,25 +86,50 @@ async def main(settings: Settings) -> int:
             "and record activities",
             settings.host,
         )
-    service.start_retention(settings.retention_days, settings.max_rows)
+    tracker.service.start_retention(settings.retention_days, settings.max_rows)
     port = sockets[0].getsockname()[1]
     print(f"Activity tracker on {display_url(settings, port)}", flush=True)
+    await first_signal()
+    await shutdown(tracker, server, settings.shutdown_timeout)
+    print("Stopped.", flush=True)
+    return 0
 
+
+async def first_signal() -> None:
+    """Wait for SIGINT or SIGTERM; from then on, a second one exits at once."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.remove_signal_handler(sig)
+        signal.signal(sig, exit_now)
 
+
+def exit_now(signum: int, frame: object) -> None:
+    """A second signal: exit without waiting; SQLite's WAL keeps the --db file whole."""
+    os.write(2, b"Stopped at once: second signal.\n")
+    os._exit(1)
+
+
+async def shutdown(tracker: Tracker, server: tornado.httpserver.HTTPServer, timeout: float) -> None:
+    """Stop accepting, let requests in flight finish, close live clients, commit, close."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    tracker.lifecycle.stopping = True  # /readyz answers 503 from now on
     server.stop()
     # close_all_connections() does not reach WebSockets: the hub closes them with 1001.
-    hub.close_all()
-    # Commit what is queued, so requests waiting on it are answered before we close.
-    await asyncio.to_thread(service.close)
-    await asyncio.sleep(0.1)  # let the answers and close frames reach the kernel
-    await server.close_all_connections()
-    print("Stopped.", flush=True)
-    return 0
+    tracker.hub.close_all()
+    tracker.service.stop_retention()
+    await tracker.lifecycle.drained(timeout)
+    await asyncio.sleep(0.05)  # let the last answers and close frames reach the kernel
+    try:
+        await asyncio.wait_for(server.close_all_connections(), max(deadline - loop.time(), 0.1))
+    except TimeoutError:
+        logging.warning("stopping with connections still open")
+    # Commit what is queued; requests still waiting on it were answered above.
+    await asyncio.to_thread(tracker.service.close, max(deadline - loop.time(), 1.0))
 
 
 if __name__ == "__main__":

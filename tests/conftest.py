@@ -10,11 +10,10 @@ from typing import Any
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
-from tracker.app import make_app
+from tracker.app import Tracker, build
 from tracker.config import Settings
 from tracker.hub import LiveHub
 from tracker.service import ActivityService
-from tracker.store import SQLiteStore
 
 BACKENDS = ("memory", "db")
 
@@ -44,21 +43,26 @@ def settings(request: pytest.FixtureRequest, tmp_path: Path, backend: str) -> Se
 
 
 @pytest.fixture
-def service(settings: Settings) -> Iterator[ActivityService]:
-    store = SQLiteStore(settings.db) if settings.db else None
-    service = ActivityService(settings.capacity, store=store)
-    yield service
-    service.close()
+def tracker(settings: Settings) -> Iterator[Tracker]:
+    """Every part, wired as run.py wires them."""
+    parts = build(settings)
+    yield parts
+    parts.service.close()
 
 
 @pytest.fixture
-def hub(service: ActivityService, settings: Settings) -> LiveHub:
-    return LiveHub(service, max_backlog=settings.ws_max_backlog)
+def service(tracker: Tracker) -> ActivityService:
+    return tracker.service
 
 
 @pytest.fixture
-def app(service: ActivityService, hub: LiveHub, settings: Settings, io_loop: Any) -> Any:
-    return make_app(service, hub, settings)
+def hub(tracker: Tracker) -> LiveHub:
+    return tracker.hub
+
+
+@pytest.fixture
+def app(tracker: Tracker, io_loop: Any) -> Any:
+    return tracker.app
 
 
 class Api:

@@ -58,12 +58,12 @@ class ServerThread:
 
     async def _serve(self) -> None:
         try:
-            service, hub, app = build(self.settings)
+            tracker = build(self.settings)
             # run.py lets Tornado drop a body over 4x --max-body-size unread (a bare 400 or a
             # reset, as documented); a generated batch of 1000 items of 4096 characters is
             # that big. Here every oversized body reaches the app's JSON 413 instead.
             server = tornado.httpserver.HTTPServer(
-                app,
+                tracker.app,
                 max_body_size=self.settings.max_body_size * 64,
             )
             sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
@@ -77,9 +77,9 @@ class ServerThread:
         self._ready.set()
         await self._stop.wait()
         server.stop()
-        hub.close_all()
+        tracker.hub.close_all()
         await server.close_all_connections()
-        await asyncio.to_thread(service.close)
+        await asyncio.to_thread(tracker.service.close)
 
     def __enter__(self) -> str:
         self._thread.start()

@@ -225,7 +225,7 @@ async def test_ndjson_export_has_every_match_with_no_default_limit(
     assert response.headers["Content-Type"].startswith("application/x-ndjson")
     lines = response.body.decode().splitlines()
     assert [json.loads(line) for line in lines] == [
-        a.to_dict() for a in service.query(Query()) if a.action == "view"
+        a.to_dict() for a in await service.query(Query()) if a.action == "view"
     ]
     assert len(lines) == 200
 

@@ -127,30 +127,30 @@ async def test_bad_since_is_a_json_400(http_server: Any, http_client, base_url: 
     assert error_of(response)["field"] == "since"
 
 
-@pytest.mark.gen_test(timeout=120)
-@pytest.mark.settings(ws_max_backlog=2000)
-async def test_client_that_never_reads_is_bounded_and_closed(
-    http_server: Any, http_port: int, base_url: str, service: ActivityService, hub: LiveHub
-) -> None:
+async def drop_a_stuck_client(
+    http_port: int, base_url: str, service: ActivityService, hub: LiveHub, details: str
+) -> tuple[int, list[int]]:
+    """Record until a client that never reads is dropped, while another reads everything.
+
+    Returns the last id recorded when the hub dropped it, and the ids the stuck client
+    finds when it reads at last (before its close frame, which must say 4008).
+    """
     # Its handshake blocks, so it runs off the IOLoop that serves it.
     stuck = await asyncio.to_thread(RawClient, http_port, "", 4096)
     reader = await Feed.connect(base_url)
     await wait_for(lambda: hub.client_count == 2)
-    total, details = 50_000, "x" * 200
-    reading = asyncio.ensure_future(reader.until(total))
-    for start in range(0, total, 250):
-        for _ in range(250):
+    reading = asyncio.ensure_future(reader.until(10**9))  # until it closes
+    step, dropped_at = 100, 0
+    while not dropped_at:
+        for _ in range(step):
             service.record(ActivityInput("u", "view", details))
-        # Pace to a reader that reads (this test's loop also runs it), not to the stuck one.
-        await wait_for(lambda s=start: len(reader.activities) >= s - hub.max_backlog // 2)
-        assert hub.peak_backlog <= hub.max_backlog
-    got = await reading
-    assert [a["id"] for a in got] == list(range(1, total + 1))
-    assert hub.peak_backlog <= hub.max_backlog
-    assert 0 < hub.peak_backlog <= hub.max_backlog
-    assert hub.dropped_slow == 1 and hub.client_count == 1
-
-    # The stuck client, reading at last, finds a gapless prefix and then close code 4008.
+        # The reader has it all, so every step was flushed before the next one.
+        await wait_for(lambda: len(reader.activities) >= service.last_id)
+        if hub.dropped_slow:
+            dropped_at = service.last_id
+        assert service.last_id < 100_000, "the stuck client was never dropped"
+    assert reader.ids == list(range(1, service.last_id + 1))
+    assert hub.client_count == 1
     stuck.sock.settimeout(10)
     seen: list[int] = []
     while True:
@@ -161,9 +161,52 @@ async def test_client_that_never_reads_is_bounded_and_closed(
         message = json.loads(payload)
         if message["type"] == "activities":
             seen.extend(a["id"] for a in message["items"])
-    assert seen == list(range(1, len(seen) + 1)) and len(seen) < total
     stuck.close()
     reader.close()
+    await reading
+    return dropped_at, seen
+
+
+@pytest.mark.gen_test(timeout=120)
+@pytest.mark.settings(ws_max_backlog=2000)
+async def test_client_that_never_reads_is_closed_when_its_backlog_passes_the_count(
+    http_server: Any, http_port: int, base_url: str, service: ActivityService, hub: LiveHub
+) -> None:
+    dropped_at, seen = await drop_a_stuck_client(
+        http_port, base_url, service, hub, details="x" * 200
+    )
+    # A gapless prefix, then exactly max_backlog more were held for it (within one step).
+    assert seen == list(range(1, len(seen) + 1))
+    assert hub.max_backlog < dropped_at - len(seen) <= hub.max_backlog + 100
+
+
+@pytest.mark.gen_test(timeout=120)
+@pytest.mark.settings(ws_max_backlog_bytes=200_000)
+async def test_client_that_never_reads_is_closed_when_its_backlog_passes_the_bytes(
+    http_server: Any, http_port: int, base_url: str, service: ActivityService, hub: LiveHub
+) -> None:
+    details = "\u00e9" * 1000  # 6 KB once escaped: the byte bound comes long before the count
+    dropped_at, seen = await drop_a_stuck_client(http_port, base_url, service, hub, details)
+    assert seen == list(range(1, len(seen) + 1))
+    per_activity = len(service.record(ActivityInput("u", "view", details)).json) + 1
+    held = dropped_at - len(seen)
+    assert held * per_activity > hub.max_backlog_bytes
+    assert (held - 100) * per_activity <= hub.max_backlog_bytes
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.both_backends
+@pytest.mark.settings(capacity=300, ws_max_backlog=50)
+async def test_a_reset_replays_no_more_than_the_backlog_bound(
+    http_server: Any, base_url: str, service: ActivityService
+) -> None:
+    record(service, 500)
+    feed = await Feed.connect(base_url, "?since=0&store=another-store")
+    assert await feed.next() == {"type": "reset", "reason": "store_changed"}
+    assert [a["id"] for a in await feed.until(50)] == list(range(451, 501))
+    record(service, 1)
+    assert (await feed.until(51))[-1]["id"] == 501
+    feed.close()
 
 
 @pytest.mark.gen_test(timeout=60)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import signal
@@ -24,6 +25,16 @@ from tracker.store import MIGRATIONS, SCHEMA_VERSION, SQLiteStore
 from .conftest import Api, error_of
 from .test_run import ROOT, free_port, start
 from .wsclient import Feed
+
+
+def run(coroutine: Any) -> Any:
+    """Run one of the service's coroutines to its end, from a plain test."""
+    return asyncio.run(coroutine)
+
+
+async def scanned(service: ActivityService, query: Query) -> list[int]:
+    """The ids an export of `query` streams, in order."""
+    return [a.id async for chunk in service.scan(query) for a in chunk]
 
 
 @pytest.fixture
@@ -210,7 +221,7 @@ def test_restart_refills_buffer_and_continues_ids(history: str) -> None:
     service = ActivityService(10, store=SQLiteStore(history))
     try:
         assert service.position() == (41, 50)  # the buffer holds the newest 10
-        assert [a.id for a in service.recent(10)] == list(range(41, 51))
+        assert [a.id for a in run(service.recent(10))] == list(range(41, 51))
         assert service.record(ActivityInput("u", "a", None)).id == 51
         assert service.position() == (42, 51)
     finally:
@@ -220,7 +231,7 @@ def test_restart_refills_buffer_and_continues_ids(history: str) -> None:
 def test_filters_summary_export_reach_older_than_buffer(history: str) -> None:
     service = ActivityService(10, store=SQLiteStore(history))
     try:
-        assert [a.id for a in service.query(Query(user_ids=frozenset({"u1"}), limit=100))] == [
+        assert [a.id for a in run(service.query(Query(user_ids=frozenset({"u1"}), limit=100)))] == [
             2,
             7,
             12,
@@ -232,15 +243,13 @@ def test_filters_summary_export_reach_older_than_buffer(history: str) -> None:
             42,
             47,
         ]
-        assert [a.id for a in service.query(Query(limit=1000))] == list(range(1, 51))
-        assert [a.id for a in service.query(Query(before_id=5))] == [1, 2, 3, 4]
-        chunks = list(ActivityService.scan(service, Query()))
-        assert [a.id for chunk in chunks for a in chunk] == list(range(1, 51))
-        summary = service.summary(Query(actions=frozenset({"login"})), top=2)
+        assert [a.id for a in run(service.query(Query(limit=1000)))] == list(range(1, 51))
+        assert [a.id for a in run(service.query(Query(before_id=5)))] == [1, 2, 3, 4]
+        assert run(scanned(service, Query())) == list(range(1, 51))
+        summary = run(service.summary(Query(actions=frozenset({"login"})), top=2))
         assert summary["total"] == 25 and summary["distinct_users"] == 5
         assert summary["users"] == [{"user_id": "u0", "count": 5}, {"user_id": "u1", "count": 5}]
-        limited = [a.id for c in service.scan(Query(limit=7)) for a in c]
-        assert limited == list(range(44, 51))
+        assert run(scanned(service, Query(limit=7))) == list(range(44, 51))
     finally:
         service.close()
 
@@ -263,12 +272,12 @@ async def test_rest_reads_the_whole_history(api: Api, service: ActivityService) 
 def test_retention_by_rows_keeps_exactly_the_newest(history: str) -> None:
     service = ActivityService(10, store=SQLiteStore(history))
     try:
-        assert service.enforce_retention(0, 30) == 20
+        assert run(service.enforce_retention(0, 30)) == 20
         rows = sqlite3.connect(history).execute("SELECT id FROM activities ORDER BY id").fetchall()
         assert [r[0] for r in rows] == list(range(21, 51))
-        assert service.enforce_retention(0, 30) == 0
-        service.enforce_retention(0, 5)
-        assert [a.id for a in service.recent(100)] == list(range(46, 51))
+        assert run(service.enforce_retention(0, 30)) == 0
+        run(service.enforce_retention(0, 5))
+        assert [a.id for a in run(service.recent(100))] == list(range(46, 51))
     finally:
         service.close()
 
@@ -293,17 +302,17 @@ def test_retention_by_age_removes_exactly_the_old(history: str) -> None:
     conn.close()
     service = ActivityService(10, store=SQLiteStore(history))
     try:
-        assert service.enforce_retention(3, 0) == 30
+        assert run(service.enforce_retention(3, 0)) == 30
         rows = sqlite3.connect(history).execute("SELECT min(id), count(*) FROM activities")
         assert rows.fetchone() == (31, 20)
-        assert service.enforce_retention(1, 0) == 1
+        assert run(service.enforce_retention(1, 0)) == 1
     finally:
         service.close()
 
 
 def test_ids_never_restart_even_when_retention_empties_the_table(history: str) -> None:
     service = ActivityService(10, store=SQLiteStore(history))
-    service.enforce_retention(0, 1)
+    run(service.enforce_retention(0, 1))
     service.close()
     conn = sqlite3.connect(history)
     with conn:
@@ -333,16 +342,15 @@ def test_user_filter_reads_indexed_and_not_yet_indexed_rows(db_path: str) -> Non
             service.record(ActivityInput(f"u{i % 5}", "view" if i % 2 else "login", f"d{i}"))
         assert indexed_id(db_path) == 40
         u1 = Query(user_ids=frozenset({"u1"}))
-        assert [a.id for a in service.query(u1)] == list(range(2, 51, 5))
+        assert [a.id for a in run(service.query(u1))] == list(range(2, 51, 5))
         two = Query(user_ids=frozenset({"u1", "u3"}), limit=5)
-        assert [a.id for a in service.query(two)] == [37, 39, 42, 44, 47, 49][-5:]
+        assert [a.id for a in run(service.query(two))] == [37, 39, 42, 44, 47, 49][-5:]
         older = Query(user_ids=frozenset({"u1"}), before_id=45, limit=3)
-        assert [a.id for a in service.query(older)] == [32, 37, 42]
+        assert [a.id for a in run(service.query(older))] == [32, 37, 42]
         logins = Query(user_ids=frozenset({"u1"}), actions=frozenset({"login"}))
-        assert [a.id for a in service.query(logins)] == [7, 17, 27, 37, 47]
-        chunked = [a.id for chunk in service.scan(Query(user_ids=frozenset({"u4"}))) for a in chunk]
-        assert chunked == list(range(5, 51, 5))
-        summary = service.summary(u1, top=3)
+        assert [a.id for a in run(service.query(logins))] == [7, 17, 27, 37, 47]
+        assert run(scanned(service, Query(user_ids=frozenset({"u4"})))) == list(range(5, 51, 5))
+        summary = run(service.summary(u1, top=3))
         assert summary["total"] == 10 and summary["distinct_users"] == 1
         assert summary["actions"] == [
             {"action": "login", "count": 5},
@@ -381,9 +389,9 @@ def test_version_1_database_is_migrated(db_path: str) -> None:
     service = ActivityService(10, store=SQLiteStore(db_path))
     try:
         assert service.store_id == "abc"
-        assert [a.id for a in service.query(Query(user_ids=frozenset({"ann"})))] == [1, 3]
+        assert [a.id for a in run(service.query(Query(user_ids=frozenset({"ann"}))))] == [1, 3]
         assert service.record(ActivityInput("bob", "a", None)).id == 4
-        found = service.store.by_key("k2") if service.store else None
+        found = service.store.by_key("k2").result() if service.store else None
         assert found is not None and found.id == 2
     finally:
         service.close()
@@ -405,7 +413,7 @@ def test_version_1_database_is_migrated(db_path: str) -> None:
 def test_retention_removes_user_index_entries_too(history: str) -> None:
     service = ActivityService(10, store=SQLiteStore(history))
     try:
-        assert service.enforce_retention(0, 30) == 20
+        assert run(service.enforce_retention(0, 30)) == 20
     finally:
         service.close()
     conn = sqlite3.connect(history)

@@ -30,6 +30,18 @@ class Settings:
         maximum=36_500,
     )
     max_rows: int = _opt(0, "with --db, keep at most this many activities; 0: no limit", minimum=0)
+    commit_timeout: float = _opt(
+        5.0,
+        "with --db, seconds a write waits for storage before it is refused (503, not stored)",
+        minimum=0.1,
+        maximum=3600,
+    )
+    shutdown_timeout: float = _opt(
+        10.0,
+        "seconds a stop waits for requests in flight and queued writes to finish",
+        minimum=0,
+        maximum=3600,
+    )
     api_token: str = _opt(
         "", "require 'Authorization: Bearer TOKEN' on every API call and the live feed"
     )
@@ -47,6 +59,9 @@ class Settings:
     ws_max_clients: int = _opt(5000, "live WebSocket clients at once; more get 503")
     ws_max_backlog: int = _opt(
         10_000, "activities queued for one slow WebSocket client before it is closed (4008)"
+    )
+    ws_max_backlog_bytes: int = _opt(
+        8 << 20, "bytes queued for one slow WebSocket client before it is closed (4008)"
     )
     ws_max_message_size: int = _opt(
         4096, "largest message a WebSocket client may send, in bytes (the feed is one-way)"

@@ -1,4 +1,4 @@
-"""LiveHub: fans new activities out to live clients, coalescing, bounded, resumable."""
+"""LiveHub: fans new activities (and alerts) out to live clients: coalescing, bounded, resumable."""
 
 from __future__ import annotations
 
@@ -38,6 +38,17 @@ class Pending(Protocol):
     def add_done_callback(self, fn: Callable[[Any], None]) -> None: ...
 
 
+@dataclass(frozen=True)
+class Notice:
+    """A message for every client, in its place among the activities (an alert)."""
+
+    json: bytes
+
+
+# What flows through the hub, in order.
+Entry = Activity | Notice
+
+
 def text_frame(payload: bytes) -> bytes:
     """A final, unmasked WebSocket text frame: the same bytes serve every client."""
     size = len(payload)
@@ -60,6 +71,28 @@ def control_message(kind: str, **fields: Any) -> bytes:
     return json.dumps({"type": kind, **fields}, separators=(",", ":")).encode()
 
 
+def frames(entries: Sequence[Entry]) -> bytes:
+    """The frames for a run of entries: each run of activities as one message."""
+    out: list[bytes] = []
+    run: list[Activity] = []
+    for entry in entries:
+        if isinstance(entry, Notice):
+            if run:
+                out.append(text_frame(activities_message(run)))
+                run = []
+            out.append(text_frame(entry.json))
+        else:
+            run.append(entry)
+    if run:
+        out.append(text_frame(activities_message(run)))
+    return b"".join(out)
+
+
+def size_of(entries: Sequence[Entry]) -> int:
+    """The bytes a run of entries will take on the wire, near enough."""
+    return sum(len(entry.json) + 1 for entry in entries)
+
+
 Predicate = Callable[[Activity], bool]
 
 
@@ -72,20 +105,26 @@ class Subscription:
     # Activities up to this id went out with the connect-time backlog: skip them live.
     after_id: int = 0
     busy: bool = False
-    backlog: list[Activity] = field(default_factory=list)
+    backlog: list[Entry] = field(default_factory=list)
+    backlog_bytes: int = 0
 
 
 class LiveHub:
     """Subscribes to the service and delivers every new activity to every live client."""
 
-    def __init__(self, service: ActivityService, *, max_backlog: int = 10_000) -> None:
+    def __init__(
+        self,
+        service: ActivityService,
+        *,
+        max_backlog: int = 10_000,
+        max_backlog_bytes: int = 8 << 20,
+    ) -> None:
         self.service = service
         self.max_backlog = max_backlog
-        # The largest backlog any client has held, for tests and monitoring.
-        self.peak_backlog = 0
+        self.max_backlog_bytes = max_backlog_bytes
         self.dropped_slow = 0
         self._subs: dict[LiveClient, Subscription] = {}
-        self._pending: list[Activity] = []
+        self._pending: list[Entry] = []
         self._scheduled = False
         self._lock = threading.Lock()
         self._loop: IOLoop | None = None
@@ -100,10 +139,17 @@ class LiveHub:
     # -- from any thread, under the service lock, in id order ---------------------------
 
     def _on_recorded(self, activities: Sequence[Activity]) -> None:
+        self._enqueue(activities)
+
+    def announce(self, message: bytes) -> None:
+        """Send a message to every client after the activities published so far."""
+        self._enqueue([Notice(message)])
+
+    def _enqueue(self, entries: Sequence[Entry]) -> None:
         if not self._subs:
             return  # nobody listens: ingest pays nothing for the live feed
         with self._lock:
-            self._pending.extend(activities)
+            self._pending.extend(entries)
             if self._scheduled:
                 return
             self._scheduled = True
@@ -113,7 +159,7 @@ class LiveHub:
 
     # -- on the IOLoop ------------------------------------------------------------------
 
-    def attach(
+    async def attach(
         self,
         client: LiveClient,
         *,
@@ -136,24 +182,42 @@ class LiveHub:
             return
         if since is None:
             return
-        replay, complete = self.service.after(since, self.max_backlog)
-        if store_id is not None and store_id != self.service.store_id:
-            reason: str | None = "store_changed"
-        elif since > last:
-            reason = "ahead"
-        elif not complete:
-            reason = "evicted"
-        else:
-            reason = None
+        # Live entries wait in the backlog while the replay is read, so order holds.
+        sub.busy = True
+        replay, reason = await self._replay(since, store_id, last)
+        if client not in self._subs:
+            return
         if reason is not None:
             client.send_frame(text_frame(control_message("reset", reason=reason)))
-            replay = self.service.recent(self.service.capacity)
         # Later ones come through the live queue, which skips ids up to `last`.
-        replay = [a for a in replay if a.id <= last]
-        if predicate is not None:
-            replay = [a for a in replay if predicate(a)]
-        if replay:
-            self._send(sub, text_frame(activities_message(replay)))
+        replay = [a for a in replay if a.id <= last and (predicate is None or predicate(a))]
+        sub.backlog[:0] = replay
+        sub.backlog_bytes += size_of(replay)
+        sub.busy = False
+        self._drain(sub)
+
+    async def _replay(
+        self, since: int, store_id: str | None, last: int
+    ) -> tuple[list[Activity], str | None]:
+        """What a resuming client missed, or the reason it must start over and the newest."""
+        if store_id is not None and store_id != self.service.store_id:
+            reason = "store_changed"
+        elif since > last:
+            reason = "ahead"
+        else:
+            missed = await self.service.after(since, self.max_backlog)
+            if missed is not None:
+                return missed, None
+            reason = "evicted"
+        newest = await self.service.recent(min(self.service.capacity, self.max_backlog))
+        # Within the byte bound too: the newest that fit.
+        kept, total = 0, 0
+        for activity in reversed(newest):
+            total += len(activity.json) + 1
+            if total > self.max_backlog_bytes:
+                break
+            kept += 1
+        return newest[len(newest) - kept :], reason
 
     def detach(self, client: LiveClient) -> None:
         """Forget a client (it closed, or was dropped)."""
@@ -182,33 +246,43 @@ class LiveHub:
         if not batch:
             return
         shared: bytes | None = None
-        first_id = batch[0].id
         for sub in list(self._subs.values()):
-            items: Sequence[Activity] = batch
-            if sub.after_id >= first_id:
-                items = [a for a in batch if a.id > sub.after_id]
-            if sub.predicate is not None:
-                items = [a for a in items if sub.predicate(a)]
-            if not items:
+            entries = self._for(sub, batch)
+            if not entries:
                 continue
             if sub.busy:
-                self._queue(sub, items)
-            elif items is batch:
+                self._queue(sub, entries)
+            elif entries is batch:
                 if shared is None:
-                    shared = text_frame(activities_message(batch))
+                    shared = frames(batch)
                 self._send(sub, shared)
             else:
-                self._send(sub, text_frame(activities_message(items)))
+                self._send(sub, frames(entries))
 
-    def _queue(self, sub: Subscription, items: Sequence[Activity]) -> None:
-        if len(sub.backlog) + len(items) > self.max_backlog:
+    @staticmethod
+    def _for(sub: Subscription, batch: list[Entry]) -> list[Entry]:
+        """The entries of a batch this client should get (the batch itself if all)."""
+        first_id = next((e.id for e in batch if not isinstance(e, Notice)), None)
+        if sub.predicate is None and (first_id is None or first_id > sub.after_id):
+            return batch
+        return [
+            e
+            for e in batch
+            if isinstance(e, Notice)
+            or (e.id > sub.after_id and (sub.predicate is None or sub.predicate(e)))
+        ]
+
+    def _queue(self, sub: Subscription, entries: list[Entry]) -> None:
+        size = size_of(entries)
+        count = len(sub.backlog) + len(entries)
+        if count > self.max_backlog or sub.backlog_bytes + size > self.max_backlog_bytes:
             self.dropped_slow += 1
             self.detach(sub.client)
-            sub.backlog = []
+            sub.backlog, sub.backlog_bytes = [], 0
             sub.client.close(CLOSE_TOO_SLOW, "too slow: backlog limit reached")
             return
-        sub.backlog.extend(items)
-        self.peak_backlog = max(self.peak_backlog, len(sub.backlog))
+        sub.backlog.extend(entries)
+        sub.backlog_bytes += size
 
     def _send(self, sub: Subscription, frame: bytes) -> None:
         pending = sub.client.send_frame(frame)
@@ -225,6 +299,10 @@ class LiveHub:
         if result.exception() is not None or sub.client not in self._subs:
             self.detach(sub.client)
             return
-        if sub.backlog:
-            items, sub.backlog = sub.backlog, []
-            self._send(sub, text_frame(activities_message(items)))
+        self._drain(sub)
+
+    def _drain(self, sub: Subscription) -> None:
+        """Send what waits in the backlog, as few frames as it makes."""
+        if sub.backlog and not sub.busy:
+            entries, sub.backlog, sub.backlog_bytes = sub.backlog, [], 0
+            self._send(sub, frames(entries))

@@ -1,34 +1,43 @@
-"""ActivityService: ids, the ring buffer, optional durable store, and the subscription seam."""
+"""ActivityService: ids, the ring buffer, the optional durable store, and the subscription seam."""
 
 from __future__ import annotations
 
 import asyncio
-import heapq
 import itertools
+import logging
 import threading
 import uuid
 from bisect import bisect_right
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import Future
 from datetime import UTC, datetime, timedelta
-from itertools import chain
+from functools import partial
 from typing import Any
 
 from .activity import Activity, ActivityInput, format_timestamp, now_timestamp
 from .query import Query, summarize
-from .store import SQLiteStore
+from .store import SQLiteStore, WriteFailed
+
+log = logging.getLogger(__name__)
 
 # Called with each newly published run of activities, in id order, under the service lock:
 # a subscriber must only hand the activities on (the hub queues them), never block.
 Subscriber = Callable[[Sequence[Activity]], None]
 # What track() answers: the activities, and for each whether this call recorded it.
 Recorded = tuple[list[Activity], list[bool]]
-# Told None once everything up to an id is published, or the error that lost it.
-Waiter = Callable[[BaseException | None], None]
 
 
 class StoreUnavailable(Exception):
-    """The durable store failed to commit; nothing was acknowledged."""
+    """The store did not take the write in time, or failed it: nothing was recorded."""
+
+
+class IdempotencyConflict(Exception):
+    """An idempotency key came back with other fields than its original's."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(f"item {index}: key reused with a different body")
+        self.index = index
 
 
 class ActivityService:
@@ -38,27 +47,33 @@ class ActivityService:
     # once it is durable: at once in memory, after its group commit with a store.
 
     def __init__(
-        self, capacity: int = 1000, *, store: SQLiteStore | None = None, chunk: int = 500
+        self,
+        capacity: int = 1000,
+        *,
+        store: SQLiteStore | None = None,
+        commit_timeout: float = 5.0,
+        chunk: int = 500,
     ) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self.capacity = capacity
         self.store = store
+        self.commit_timeout = commit_timeout
         self.chunk = chunk
         # Changes whenever the history does not carry over, so clients can tell a restart.
         self.store_id = store.store_id if store else uuid.uuid4().hex
         self._buffer: deque[Activity] = deque(maxlen=capacity)
-        # Idempotency keys of the activities in the buffer or on their way to the store.
-        self._keys: dict[str, Activity] = {}
-        self._lock = threading.Lock()
+        # Idempotency keys of the activities in the buffer or on their way to the store,
+        # with the future of their commit while it is under way (None once published).
+        self._keys: dict[str, tuple[Activity, Future[None] | None]] = {}
+        # Reentrant: a commit that finished before its callback was added runs it at once.
+        self._lock = threading.RLock()
         self._subscribers: list[Subscriber] = []
-        self._waiters: list[tuple[int, int, Waiter]] = []  # heap of (id, seq, waiter)
-        self._seq = itertools.count()
-        self._stopping = threading.Event()
-        self._retention: threading.Thread | None = None
-        self._last_id = self._published = store.max_id() if store is not None else 0
+        self._stopping = False
+        self._retention: asyncio.Task[None] | None = None
+        self._last_id = self._published = store.last_id if store is not None else 0
         if store is not None:
-            self._publish(store.newest(capacity))
+            self._publish(store.newest(capacity).result())
 
     @property
     def last_id(self) -> int:
@@ -67,23 +82,24 @@ class ActivityService:
 
     # -- recording ---------------------------------------------------------------------
 
-    def track(
+    async def track(
         self, items: Sequence[ActivityInput], keys: Sequence[str | None] | None = None
-    ) -> Recorded | asyncio.Future[Recorded]:
-        """Record items; a retried key returns its original instead of a new one."""
-        # The answer: the activities, and for each whether this call recorded it. In memory
-        # it is at hand; with a store, a future resolves once durable (or StoreUnavailable).
-        activities, fresh, wait_for = self._accept(items, keys)
-        if not wait_for:
-            return activities, fresh
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Recorded] = loop.create_future()
-
-        def done(error: BaseException | None) -> None:
-            loop.call_soon_threadsafe(_settle, future, (activities, fresh), error)
-
-        self._wait(wait_for, done)
-        return future
+    ) -> Recorded:
+        """Record items once durable; a retried key returns its original instead."""
+        # Raises StoreUnavailable (nothing of it stored) or IdempotencyConflict.
+        keys = list(keys) if keys else [None] * len(items)
+        while True:
+            stored = await self._stored_originals(keys)
+            with self._lock:
+                under_way = self._under_way(keys)
+                if not under_way:
+                    activities, fresh, durable = self._accept(items, keys, stored)
+                    break
+            # A retry of a write still under way: its outcome decides (it has a timeout).
+            await asyncio.wait([asyncio.wrap_future(future) for future in under_way])
+        if durable is not None:
+            await self._until_durable(durable)
+        return activities, fresh
 
     def record(self, data: ActivityInput) -> Activity:
         """Record one activity from any thread (blocks until durable with a store)."""
@@ -91,92 +107,115 @@ class ActivityService:
 
     def record_many(self, items: Sequence[ActivityInput]) -> list[Activity]:
         """Record several with consecutive ids, published as one run; from any thread."""
-        activities, _, wait_for = self._accept(items, None)
-        if wait_for:
-            event, failure = threading.Event(), []
-
-            def done(error: BaseException | None) -> None:
-                failure.append(error)
-                event.set()
-
-            self._wait(wait_for, done)
-            event.wait()
-            if failure[0] is not None:
-                raise StoreUnavailable(str(failure[0]))
+        with self._lock:
+            activities, _, durable = self._accept(items, [None] * len(items), {})
+        if durable is not None:
+            try:
+                try:
+                    durable.result(timeout=self.commit_timeout)
+                except TimeoutError:
+                    if durable.cancel():
+                        raise StoreUnavailable(self._late()) from None
+                    durable.result()
+            except WriteFailed as exc:
+                raise StoreUnavailable(str(exc)) from None
         return activities
 
+    async def _stored_originals(self, keys: list[str | None]) -> dict[str, Activity]:
+        """The stored activities of keys that memory does not know (none without a store)."""
+        if self.store is None:
+            return {}
+        wanted = [key for key in keys if key is not None and key not in self._keys]
+        found = await asyncio.gather(
+            *(asyncio.wrap_future(self.store.by_key(key)) for key in wanted)
+        )
+        pairs = zip(wanted, found, strict=True)
+        return {key: activity for key, activity in pairs if activity is not None}
+
+    def _under_way(self, keys: list[str | None]) -> list[Future[None]]:
+        """Commits under way for any of these keys; under the lock."""
+        entries = (self._keys.get(key) for key in keys if key is not None)
+        return [entry[1] for entry in entries if entry is not None and entry[1] is not None]
+
     def _accept(
-        self, items: Sequence[ActivityInput], keys: Sequence[str | None] | None
-    ) -> tuple[list[Activity], list[bool], int]:
-        """Assign ids, or find the originals of retried keys; also the id to wait for."""
-        # Returns (activities, which are new, id to wait for: 0 when nothing to wait for).
-        if self.store is None and len(items) == 1 and not (keys and keys[0]):
-            # The most common call, one activity in memory, without the general loop.
-            with self._lock:
-                self._last_id += 1
-                activity = Activity.create(self._last_id, items[0], now_timestamp())
-                self._publish((activity,))
-            return [activity], [True], 0
+        self, items: Sequence[ActivityInput], keys: list[str | None], stored: dict[str, Activity]
+    ) -> tuple[list[Activity], list[bool], Future[None] | None]:
+        """Assign ids, or find the originals of retried keys; under the lock."""
+        # Returns (activities, which are new, the commit to wait for or None).
+        # First check every key, so a conflict refuses the whole call before any id is used.
+        first_sent: dict[str, ActivityInput] = {}
+        for index, (data, key) in enumerate(zip(items, keys, strict=True)):
+            if key is not None:
+                original = self._original(key, stored)
+                sent = original.input if original else first_sent.setdefault(key, data)
+                if sent != data:
+                    raise IdempotencyConflict(index)
+        timestamp = now_timestamp()
         result: list[Activity] = []
-        fresh: list[bool] = []
         new: list[Activity] = []
-        with self._lock:
-            timestamp = now_timestamp()
-            for index, data in enumerate(items):
-                key = keys[index] if keys else None
-                original = self._find_key(key) if key is not None else None
-                if original is not None:
-                    result.append(original)
-                    fresh.append(False)
-                    continue
+        fresh: list[bool] = []
+        made: dict[str, Activity] = {}  # a key repeated within the call gets the first one
+        for data, key in zip(items, keys, strict=True):
+            original = None
+            if key is not None:
+                original = self._original(key, stored) or made.get(key)
+            fresh.append(original is None)
+            if original is None:
                 self._last_id += 1
-                activity = Activity.create(self._last_id, data, timestamp, key)
+                original = Activity.create(self._last_id, data, timestamp, key)
+                new.append(original)
                 if key is not None:
-                    self._keys[key] = activity
-                new.append(activity)
-                result.append(activity)
-                fresh.append(True)
-            if self.store is None:
-                self._publish(new)
-                return result, fresh, 0
-            if new:
-                self.store.append(new, lambda error, new=new: self._committed(new, error))
-            newest = max((a.id for a in result), default=0)
-            return result, fresh, newest if newest > self._published else 0
+                    made[key] = original
+            result.append(original)
+        if not new:
+            return result, fresh, None
+        if self.store is None:
+            self._remember_keys(new, None)
+            self._publish(new)
+            return result, fresh, None
+        durable = self.store.append(new)
+        self._remember_keys(new, durable)
+        durable.add_done_callback(partial(self._settled, new))
+        return result, fresh, durable
 
-    def _find_key(self, key: str) -> Activity | None:
-        found = self._keys.get(key)
-        if found is None and self.store is not None:
-            found = self.store.by_key(key)
-        return found
+    def _original(self, key: str, stored: dict[str, Activity]) -> Activity | None:
+        """The activity first recorded with this key, if memory or the store has it."""
+        entry = self._keys.get(key)
+        return entry[0] if entry is not None else stored.get(key)
 
-    def _committed(self, activities: list[Activity], error: BaseException | None) -> None:
-        """On the writer thread, after a group commit: publish, then wake the waiters."""
+    def _remember_keys(self, activities: list[Activity], durable: Future[None] | None) -> None:
+        for activity in activities:
+            if activity.key is not None:
+                self._keys[activity.key] = (activity, durable)
+
+    def _settled(self, activities: list[Activity], durable: Future[None]) -> None:
+        """After a commit (on the writer thread) or a cancel: publish, or forget the keys."""
         with self._lock:
-            if error is None:
-                self._publish(activities)
-            else:
+            if durable.cancelled() or durable.exception() is not None:
                 for activity in activities:
-                    if activity.key is not None:
-                        self._keys.pop(activity.key, None)
-                # Later ids may still commit: waiters up to these ids learn of the failure.
-                self._published = max(self._published, activities[-1].id)
-            ready = []
-            while self._waiters and self._waiters[0][0] <= self._published:
-                ready.append(heapq.heappop(self._waiters)[2])
-        failure = None if error is None else StoreUnavailable(str(error))
-        for waiter in ready:
-            waiter(failure)
+                    entry = self._keys.get(activity.key) if activity.key else None
+                    if entry is not None and entry[0] is activity:
+                        del self._keys[activity.key]
+                return
+            self._remember_keys(activities, None)
+            self._publish(activities)
 
-    def _wait(self, activity_id: int, waiter: Waiter) -> None:
-        with self._lock:
-            if activity_id <= self._published:
-                ready = True
-            else:
-                heapq.heappush(self._waiters, (activity_id, next(self._seq), waiter))
-                ready = False
-        if ready:
-            waiter(None)
+    async def _until_durable(self, durable: Future[None]) -> None:
+        """Wait up to commit_timeout; then cancel, so that a 503 means "not stored"."""
+        waiter = asyncio.wrap_future(durable)
+        try:
+            try:
+                await asyncio.wait_for(asyncio.shield(waiter), self.commit_timeout)
+            except TimeoutError:
+                if durable.cancel():
+                    raise StoreUnavailable(self._late()) from None
+                await waiter  # the writer has it in hand: its outcome is the answer
+        except WriteFailed as exc:
+            raise StoreUnavailable(str(exc)) from None
+
+    def _late(self) -> str:
+        reason = self.store.failure if self.store is not None else None
+        return f"not stored within {self.commit_timeout:g} s" + (f" ({reason})" if reason else "")
 
     def _publish(self, activities: Sequence[Activity]) -> None:
         """Keep, in id order, and tell subscribers; under the lock."""
@@ -190,7 +229,8 @@ class ActivityService:
                 itertools.islice(buffer, 0, overflow), activities[: -self.capacity]
             )
             for old in leaving:
-                if old.key is not None and self._keys.get(old.key) is old:
+                entry = self._keys.get(old.key) if old.key is not None else None
+                if entry is not None and entry[0] is old:
                     del self._keys[old.key]
         buffer.extend(activities)
         self._published = max(self._published, activities[-1].id)
@@ -199,26 +239,22 @@ class ActivityService:
 
     # -- reading -----------------------------------------------------------------------
 
-    def recent(self, limit: int) -> list[Activity]:
+    async def recent(self, limit: int) -> list[Activity]:
         """The `limit` most recent activities, oldest first."""
-        return self.query(Query(limit=max(limit, 0)))
+        return await self.query(Query(limit=max(limit, 0)))
 
-    def query(self, query: Query) -> list[Activity]:
+    async def query(self, query: Query) -> list[Activity]:
         """The newest `query.limit` activities that match (all if no limit), oldest first."""
         with self._lock:
-            size = len(self._buffer)
-            if not query.filtered and query.limit is not None and query.limit <= size:
-                # The hot path, from the buffer even with a store: walk back from the
-                # right end at C speed, then put the oldest first.
+            if not query.filtered and query.limit is not None and query.limit <= len(self._buffer):
+                # The common read, from the buffer even with a store.
                 newest = list(itertools.islice(reversed(self._buffer), query.limit))
                 newest.reverse()
                 return newest
-            if self.store is not None:
-                published = self._published
-            else:
-                snapshot = list(self._buffer)
+            published = self._published
+            snapshot = list(self._buffer) if self.store is None else []
         if self.store is not None:
-            return self.store.query(query, published)
+            return await asyncio.wrap_future(self.store.query(query, published))
         found: list[Activity] = []
         wanted = len(snapshot) if query.limit is None else query.limit
         # Newest first, so a small limit stops early; outside the lock, on a snapshot.
@@ -230,20 +266,28 @@ class ActivityService:
         found.reverse()
         return found
 
-    def scan(self, query: Query) -> Iterator[list[Activity]]:
+    async def scan(self, query: Query) -> AsyncIterator[list[Activity]]:
         """What query() returns, in chunks, oldest first (for streaming exports)."""
-        if self.store is not None:
-            yield from self.store.scan(query, self._published, self.chunk)
+        if self.store is None:
+            found = await self.query(query)
+            for start in range(0, len(found), self.chunk):
+                yield found[start : start + self.chunk]
             return
-        found = self.query(query)
-        for start in range(0, len(found), self.chunk):
-            yield found[start : start + self.chunk]
+        published = self._published
+        last = await asyncio.wrap_future(self.store.scan_start(query, published))
+        if query.limit == 0:
+            return
+        while page := await asyncio.wrap_future(
+            self.store.scan_page(query, published, last, self.chunk)
+        ):
+            yield page
+            last = page[-1].id
 
-    def summary(self, query: Query, top: int) -> dict[str, Any]:
+    async def summary(self, query: Query, top: int) -> dict[str, Any]:
         """Totals, top actions and users, and the per-minute series of what matches."""
         if self.store is not None:
-            return self.store.summary(query, self._published, top)
-        return summarize(chain.from_iterable(self.scan(query)), top)
+            return await asyncio.wrap_future(self.store.summary(query, self._published, top))
+        return summarize(await self.query(query), top)
 
     def position(self) -> tuple[int, int]:
         """(oldest id held in the buffer, newest id published)."""
@@ -251,27 +295,22 @@ class ActivityService:
             oldest = self._buffer[0].id if self._buffer else self._published + 1
             return oldest, self._published
 
-    def after(self, since: int, limit: int) -> tuple[list[Activity], bool]:
-        """Published activities after `since`, and whether that is all of them."""
-        # All of them: at most `limit`, none evicted or deleted; otherwise ([], False).
+    async def after(self, since: int, limit: int) -> list[Activity] | None:
+        """Published activities after `since`; None unless all of them fit in `limit`."""
         with self._lock:
             buffer, published = self._buffer, self._published
             if since >= published:
-                return [], True
+                return []
             if buffer and since >= buffer[0].id - 1:
                 start = bisect_right(buffer, since, key=lambda a: a.id)
                 held = [buffer[i] for i in range(start, len(buffer))]
-                return (held, True) if len(held) <= limit else ([], False)
+                return held if len(held) <= limit else None
             if self.store is None:
-                return [], False
+                return None
         # Older than the buffer: the store may still hold it.
-        rows = self.store.after(since, published, limit + 1)
-        oldest = self.store.min_id()
-        if len(rows) <= limit and (oldest is None or since >= oldest - 1):
-            return rows, True
-        return [], False
+        return await asyncio.wrap_future(self.store.resume(since, published, limit))
 
-    # -- subscribers and lifecycle -----------------------------------------------------
+    # -- subscribers, health and lifecycle ---------------------------------------------
 
     def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
         """Call `subscriber` with every new run of activities; returns the unsubscribe."""
@@ -285,33 +324,25 @@ class ActivityService:
 
         return unsubscribe
 
-    def enforce_retention(self, days: float, max_rows: int) -> int:
+    def health(self) -> dict[str, dict[str, Any]]:
+        """Each dependency's state for /readyz (the store's writer, when there is one)."""
+        return {"store": self.store.health()} if self.store is not None else {}
+
+    async def enforce_retention(self, days: float, max_rows: int) -> int:
         """Delete what retention no longer keeps, in small steps; how many went."""
-        # Runs on the writer thread; blocks the calling thread (never call it on the IOLoop's).
         if self.store is None or (not days and not max_rows):
             return 0
         cutoff = None
         if days:
             cutoff = format_timestamp(datetime.now(UTC) - timedelta(days=days))
         deleted = 0
-        while True:
-            step: list[list[int]] = []
-            event = threading.Event()
-
-            def job(
-                conn: Any, step: list[list[int]] = step, event: threading.Event = event
-            ) -> None:
-                try:
-                    step.append(SQLiteStore.delete_step(conn, cutoff, max_rows))
-                finally:
-                    event.set()
-
-            self.store.maintain(job)
-            event.wait()
-            if not step or not step[0]:
-                return deleted
-            deleted += len(step[0])
-            self._forget(set(step[0]))
+        while not self._stopping:
+            ids = await asyncio.wrap_future(self.store.delete_expired(cutoff, max_rows))
+            if not ids:
+                break
+            deleted += len(ids)
+            self._forget(set(ids))
+        return deleted
 
     def _forget(self, ids: set[int]) -> None:
         """Drop deleted activities from the buffer too, so every reader agrees."""
@@ -325,33 +356,30 @@ class ActivityService:
                 self._buffer.extend(kept)
 
     def start_retention(self, days: float, max_rows: int, interval: float = 60.0) -> None:
-        """Enforce retention now and every `interval` seconds, on a thread of its own."""
+        """Enforce retention now and every `interval` seconds, on the running IOLoop."""
         if self.store is None or (not days and not max_rows):
             return
+        self._retention = asyncio.ensure_future(self._retain(days, max_rows, interval))
 
-        def loop() -> None:
-            while not self._stopping.is_set():
-                self.enforce_retention(days, max_rows)
-                self._stopping.wait(interval)
+    async def _retain(self, days: float, max_rows: int, interval: float) -> None:
+        while not self._stopping:
+            try:
+                await self.enforce_retention(days, max_rows)
+                wait = interval
+            except WriteFailed as exc:
+                # The writer stays up; retention tries again soon.
+                log.warning("retention step failed: %s", exc)
+                wait = min(interval, 5.0)
+            await asyncio.sleep(wait)
 
-        self._retention = threading.Thread(target=loop, name="retention", daemon=True)
-        self._retention.start()
-
-    def close(self) -> None:
-        """Stop retention, commit what is queued, and close the store."""
-        self._stopping.set()
+    def stop_retention(self) -> None:
+        """Stop retention between two steps; call on the IOLoop."""
+        self._stopping = True
         if self._retention is not None:
-            self._retention.join()
+            self._retention.cancel()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Commit what is queued (up to `timeout` seconds), and close the store."""
+        self._stopping = True
         if self.store is not None:
-            self.store.close()
-
-
-def _settle(
-    future: asyncio.Future[Recorded], result: Recorded, error: BaseException | None
-) -> None:
-    if future.done():
-        return
-    if error is None:
-        future.set_result(result)
-    else:
-        future.set_exception(error)
+            self.store.close(timeout)

@@ -1,18 +1,20 @@
-"""SQLiteStore: durable history in one SQLite file, written by one thread in group commits."""
+"""SQLiteStore: durable history in one SQLite file: one writer thread, reader threads."""
 
 from __future__ import annotations
 
 import logging
-import operator
 import os
 import queue
 import sqlite3
 import threading
+import time
 import urllib.parse
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from itertools import chain
-from typing import Any
+from typing import Any, TypeVar
 
 from .activity import Activity, ActivityInput
 from .query import Query, summarize_rows
@@ -78,33 +80,40 @@ MIGRATIONS = (
 SCHEMA_VERSION = len(MIGRATIONS)
 _COLUMNS = "id, user_id, action, timestamp, details, idem_key"
 _INDEXED_COLUMNS = "u.id, u.user_id, a.action, a.timestamp, a.details, a.idem_key"
+# Rows go in with multi-row INSERTs of these sizes: one statement stores many rows while
+# the GIL is released (executemany takes it back for every row). A few fixed sizes keep
+# every statement in the prepared cache.
+_INSERT_SIZES = (256, 64, 16, 4, 1)
+_INSERTS = {
+    size: f"INSERT INTO activities ({_COLUMNS}) VALUES " + ",".join(["(?,?,?,?,?,?)"] * size)
+    for size in _INSERT_SIZES
+}
+# Reads run on their own threads and connections, so a long summary never holds the IOLoop.
+READER_THREADS = 4
+# The writer waits this long for another connection's lock, then backs off and retries
+# (it must stay free to drop writes whose requests gave up, and to stop).
+WRITER_BUSY_MS = 200
+BACKOFF_FIRST, BACKOFF_MAX = 0.05, 1.0
 
 log = logging.getLogger(__name__)
-
-# A committed group's outcome: None, or the error that kept it from the disk.
-Done = Callable[[BaseException | None], None]
+T = TypeVar("T")
 
 
 class StoreError(Exception):
     """The database cannot be used; the message is one line naming path and cause."""
 
 
-# Rows go in with multi-row INSERTs of these sizes: one statement runs many rows without
-# the GIL (executemany takes it back for every row, so the IOLoop thread kept stalling
-# it), in less CPU. A few fixed sizes keep every statement in the prepared cache.
-_INSERT_SIZES = (256, 64, 16, 4, 1)
-_INSERTS = {
-    size: f"INSERT INTO activities ({_COLUMNS}) VALUES " + ",".join(["(?,?,?,?,?,?)"] * size)
-    for size in _INSERT_SIZES
-}
-# An activity's values in _COLUMNS order (its `json` aside), picked at C speed.
-_row = operator.itemgetter(
-    *(Activity._fields.index(f) for f in ("id", "user_id", "action", "timestamp", "details", "key"))
-)
+class WriteFailed(Exception):
+    """A write was rolled back or dropped; nothing of it is in the file."""
 
 
 def _row_activity(row: tuple) -> Activity:
     return Activity.create(row[0], ActivityInput(row[1], row[2], row[4]), row[3], row[5])
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    """Another connection holds the lock: wait and retry, the connection itself is fine."""
+    return getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
 def _source(query: Query, max_id: int, indexed: int) -> tuple[str, list[Any]]:
@@ -138,8 +147,31 @@ def _source(query: Query, max_id: int, indexed: int) -> tuple[str, list[Any]]:
     return f"{rows} WHERE {' AND '.join(clauses)}", args
 
 
+@dataclass(eq=False)
+class _Append:
+    """Activities for the next group commit; the future resolves once they are durable."""
+
+    activities: list[Activity]
+    future: Future[None] = field(default_factory=Future)
+
+
+@dataclass(eq=False)
+class _Chore:
+    """Upkeep (retention) run on the writer's connection in a transaction of its own."""
+
+    run: Callable[[sqlite3.Connection], Any]
+    future: Future[Any] = field(default_factory=Future)
+
+
+@dataclass(eq=False)
+class _Stop:
+    """Commit what waits, until `deadline` (monotonic) at the latest, then stop."""
+
+    deadline: float
+
+
 class SQLiteStore:
-    """Keeps every activity; reads on the caller's thread, writes on its own thread."""
+    """Keeps every activity; writes on one thread in group commits, reads on a small pool."""
 
     def __init__(
         self, path: str, *, index_chunk: int = INDEX_CHUNK, index_delay: float = INDEX_DELAY
@@ -147,36 +179,47 @@ class SQLiteStore:
         self.path = path
         self.index_chunk = index_chunk
         self.index_delay = index_delay
+        if os.path.isdir(path):
+            raise StoreError(f"cannot use database {path}: it is a directory")
+        # Quoted: a "#" or "?" in a file name would otherwise end the path part of the URI.
+        self._uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=rwc"
         try:
-            self._read = self._connect()
-            self._migrate()
-            self.store_id = self._meta("store_id")
-            # Rows with ids up to _indexed are in activities_by_user; _stored is the
-            # newest committed. Only the writer thread changes them.
-            self._indexed = int(self._meta("indexed_id"))
-            self._stored = self._read.execute("SELECT max(id) FROM activities").fetchone()[0] or 0
+            setup = self._connect()
+            try:
+                self._migrate(setup)
+                self.store_id = self._meta(setup, "store_id")
+                # Rows with ids up to _indexed are in activities_by_user; _stored is the
+                # newest committed. Only the writer thread changes them.
+                self._indexed = int(self._meta(setup, "indexed_id"))
+                largest = setup.execute("SELECT max(id) FROM activities").fetchone()[0] or 0
+                self._stored = largest
+                self.last_id = max(largest, int(self._meta(setup, "last_id")))
+            finally:
+                setup.close()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot use database {path}: {exc}") from None
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._read_lock = threading.Lock()
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._pool = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="sqlite-reader")
+        self._queue: queue.SimpleQueue[_Append | _Chore | _Stop] = queue.SimpleQueue()
+        self._waiting: list[_Append] = []
+        # What /readyz reports: the last write error (None when healthy), and when the
+        # last commit happened (monotonic seconds).
+        self.failure: str | None = None
+        self.last_commit = time.monotonic()
         self._writer = threading.Thread(target=self._write_loop, name="sqlite-writer", daemon=True)
         self._writer.start()
 
-    def _connect(self) -> sqlite3.Connection:
-        if os.path.isdir(self.path):
-            raise StoreError(f"cannot use database {self.path}: it is a directory")
-        # Quoted: a "#" or "?" in a file name would otherwise end the path part of the URI.
-        uri = "file:" + urllib.parse.quote(os.path.abspath(self.path)) + "?mode=rwc"
-        conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA busy_timeout = 5000")
+    def _connect(self, busy_ms: int = 5000) -> sqlite3.Connection:
+        conn = sqlite3.connect(self._uri, uri=True, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
         # Fails here on a file that is not a database.
         conn.execute("PRAGMA journal_mode = WAL").fetchone()
         # FULL: a commit survives power loss, not just a killed process.
         conn.execute("PRAGMA synchronous = FULL")
         return conn
 
-    def _migrate(self) -> None:
-        conn = self._read
+    def _migrate(self, conn: sqlite3.Connection) -> None:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise StoreError(
@@ -198,146 +241,235 @@ class SQLiteStore:
                 f"PRAGMA user_version = {step + 1};COMMIT;"
             )
 
-    def _meta(self, key: str) -> str:
-        return self._read.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0]
+    @staticmethod
+    def _meta(conn: sqlite3.Connection, key: str) -> str:
+        return conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0]
 
-    # -- reads (any thread; one connection, so one at a time) --------------------------
+    # -- reads: each on a reader thread, with that thread's own connection --------------
 
-    def _rows(self, sql: str, args: list[Any] | tuple = ()) -> list[tuple]:
-        with self._read_lock:
-            return self._read.execute(sql, args).fetchall()
+    def _read(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        return self._pool.submit(self._with_reader, fn, *args)
 
-    def max_id(self) -> int:
-        """The largest id ever stored, even if retention has deleted it since."""
-        (largest,) = self._rows("SELECT max(id) FROM activities")[0]
-        return max(largest or 0, int(self._meta("last_id")))
+    def _with_reader(self, fn: Callable[..., T], *args: Any) -> T:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._connect()
+            conn.execute("PRAGMA query_only = 1")
+            self._readers.append(conn)
+        return fn(conn, *args)
 
-    def min_id(self) -> int | None:
-        """The oldest id still stored."""
-        return self._rows("SELECT min(id) FROM activities")[0][0]
-
-    def newest(self, count: int) -> list[Activity]:
+    def newest(self, count: int) -> Future[list[Activity]]:
         """The newest `count` activities, oldest first."""
-        rows = self._rows(f"SELECT {_COLUMNS} FROM activities ORDER BY id DESC LIMIT ?", (count,))
-        return [_row_activity(row) for row in reversed(rows)]
 
-    def by_key(self, key: str) -> Activity | None:
+        def read(conn: sqlite3.Connection) -> list[Activity]:
+            sql = f"SELECT {_COLUMNS} FROM activities ORDER BY id DESC LIMIT ?"
+            return [_row_activity(row) for row in reversed(conn.execute(sql, (count,)).fetchall())]
+
+        return self._read(read)
+
+    def by_key(self, key: str) -> Future[Activity | None]:
         """The activity recorded with this idempotency key, if it is still stored."""
-        rows = self._rows(f"SELECT {_COLUMNS} FROM activities WHERE idem_key = ?", (key,))
-        return _row_activity(rows[0]) if rows else None
 
-    def after(self, since: int, max_id: int, limit: int) -> list[Activity]:
-        """Up to `limit` activities with since < id <= max_id, oldest first."""
-        rows = self._rows(
-            f"SELECT {_COLUMNS} FROM activities WHERE id > ? AND id <= ? ORDER BY id LIMIT ?",
-            (since, max_id, limit),
-        )
-        return [_row_activity(row) for row in rows]
+        def read(conn: sqlite3.Connection) -> Activity | None:
+            sql = f"SELECT {_COLUMNS} FROM activities WHERE idem_key = ?"
+            row = conn.execute(sql, (key,)).fetchone()
+            return _row_activity(row) if row else None
 
-    def query(self, query: Query, max_id: int) -> list[Activity]:
+        return self._read(read)
+
+    def resume(self, since: int, max_id: int, limit: int) -> Future[list[Activity] | None]:
+        """Activities with since < id <= max_id, oldest first; None if over `limit` or gone."""
+
+        def read(conn: sqlite3.Connection) -> list[Activity] | None:
+            oldest = conn.execute("SELECT min(id) FROM activities").fetchone()[0]
+            if oldest is not None and since < oldest - 1:
+                return None
+            sql = f"SELECT {_COLUMNS} FROM activities WHERE id > ? AND id <= ? ORDER BY id LIMIT ?"
+            rows = conn.execute(sql, (since, max_id, limit + 1)).fetchall()
+            return [_row_activity(row) for row in rows] if len(rows) <= limit else None
+
+        return self._read(read)
+
+    def query(self, query: Query, max_id: int) -> Future[list[Activity]]:
         """The newest `query.limit` matches (all without a limit), oldest first."""
         source, args = _source(query, max_id, self._indexed)
         sql = f"SELECT {_COLUMNS} FROM {source} ORDER BY id DESC"
         if query.limit is not None:
             sql += " LIMIT ?"
             args.append(query.limit)
-        return [_row_activity(row) for row in reversed(self._rows(sql, args))]
 
-    def scan(self, query: Query, max_id: int, chunk: int) -> Iterator[list[Activity]]:
-        """What query() returns, a chunk at a time by id, so memory stays flat."""
+        def read(conn: sqlite3.Connection) -> list[Activity]:
+            return [_row_activity(row) for row in reversed(conn.execute(sql, args).fetchall())]
+
+        return self._read(read)
+
+    def scan_start(self, query: Query, max_id: int) -> Future[int]:
+        """The id a scan of the query starts after: the oldest of its newest `limit` matches."""
         source, args = _source(query, max_id, self._indexed)
-        last = 0
-        if query.limit is not None:
-            # Start at the oldest of the newest `limit` matches.
-            found = self._rows(
-                f"SELECT id FROM {source} ORDER BY id DESC LIMIT 1 OFFSET ?",
-                [*args, max(query.limit - 1, 0)],
-            )
-            if query.limit == 0:
-                return
-            last = found[0][0] - 1 if found else 0
-        while True:
-            rows = self._rows(
-                f"SELECT {_COLUMNS} FROM {source} AND id > ? ORDER BY id LIMIT ?",
-                [*args, last, chunk],
-            )
-            if not rows:
-                return
-            yield [_row_activity(row) for row in rows]
-            last = rows[-1][0]
 
-    def summary(self, query: Query, max_id: int, top: int) -> dict[str, Any]:
+        def read(conn: sqlite3.Connection) -> int:
+            if query.limit is None:
+                return 0
+            sql = f"SELECT id FROM {source} ORDER BY id DESC LIMIT 1 OFFSET ?"
+            found = conn.execute(sql, [*args, max(query.limit - 1, 0)]).fetchone()
+            return found[0] - 1 if found else 0
+
+        return self._read(read)
+
+    def scan_page(
+        self, query: Query, max_id: int, after_id: int, size: int
+    ) -> Future[list[Activity]]:
+        """Up to `size` matches with ids above `after_id`, oldest first (an export's page)."""
+        source, args = _source(query, max_id, self._indexed)
+        sql = f"SELECT {_COLUMNS} FROM {source} AND id > ? ORDER BY id LIMIT ?"
+
+        def read(conn: sqlite3.Connection) -> list[Activity]:
+            rows = conn.execute(sql, [*args, after_id, size]).fetchall()
+            return [_row_activity(row) for row in rows]
+
+        return self._read(read)
+
+    def summary(self, query: Query, max_id: int, top: int) -> Future[dict[str, Any]]:
         """The summary of every stored match, counted by SQLite."""
         source, args = _source(query, max_id, self._indexed)
         base = f"FROM {source}"
-        total, users = self._rows(f"SELECT count(*), count(DISTINCT user_id) {base}", args)[0]
 
-        def grouped(column: str) -> list[tuple[str, int]]:
-            return self._rows(
-                f"SELECT {column}, count(*) AS n {base} GROUP BY {column} "
-                f"ORDER BY n DESC, {column} LIMIT ?",
-                [*args, top],
-            )
+        def read(conn: sqlite3.Connection) -> dict[str, Any]:
+            count = f"SELECT count(*), count(DISTINCT user_id) {base}"
+            total, users = conn.execute(count, args).fetchone()
 
-        minutes = self._rows(
-            f"SELECT substr(timestamp, 1, 16) AS m, count(*) {base} GROUP BY m", args
-        )
-        return summarize_rows(total, users, grouped("action"), grouped("user_id"), minutes)
+            def grouped(column: str) -> list[tuple[str, int]]:
+                sql = (
+                    f"SELECT {column}, count(*) AS n {base} GROUP BY {column} "
+                    f"ORDER BY n DESC, {column} LIMIT ?"
+                )
+                return conn.execute(sql, [*args, top]).fetchall()
 
-    # -- writes (queued to the writer thread) ------------------------------------------
+            per_minute = f"SELECT substr(timestamp, 1, 16) AS m, count(*) {base} GROUP BY m"
+            minutes = conn.execute(per_minute, args).fetchall()
+            return summarize_rows(total, users, grouped("action"), grouped("user_id"), minutes)
 
-    def append(self, activities: list[Activity], done: Done) -> None:
-        """Queue activities for the next group commit; `done` runs on the writer thread."""
-        self._queue.put((activities, done))
+        return self._read(read)
 
-    def maintain(self, job: Callable[[sqlite3.Connection], None]) -> None:
-        """Run a job on the writer's connection, between group commits."""
-        self._queue.put((None, job))
+    # -- writes: queued to the writer thread ------------------------------------------
 
-    def close(self) -> None:
-        """Commit what is queued, then stop the writer and close the file."""
+    def append(self, activities: list[Activity]) -> Future[None]:
+        """Queue activities for the next group commit; the future resolves once durable."""
+        # Or fails with WriteFailed. Cancelling it before the writer takes it up keeps the
+        # activities out of the file for good: that is how a timed-out request stays a 503.
+        job = _Append(activities)
+        self._queue.put(job)
+        return job.future
+
+    def delete_expired(self, cutoff: str | None, max_rows: int) -> Future[list[int]]:
+        """Delete up to DELETE_CHUNK of the oldest rows past retention; their ids."""
+        job = _Chore(lambda conn: self._delete_step(conn, cutoff, max_rows))
+        self._queue.put(job)
+        return job.future
+
+    def health(self) -> dict[str, Any]:
+        """The writer's state for /readyz: ok, error, queue depth, seconds since a commit."""
+        return {
+            "ok": self.failure is None,
+            "error": self.failure,
+            "queued": self._queue.qsize() + len(self._waiting),
+            "seconds_since_commit": round(time.monotonic() - self.last_commit, 3),
+        }
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Commit what is queued (for up to `timeout` seconds), then close the file."""
         if self._writer.is_alive():
-            self._queue.put(None)
+            self._queue.put(_Stop(time.monotonic() + timeout))
             self._writer.join()
-        with self._read_lock:
-            self._read.close()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        for conn in self._readers:
+            conn.close()
+
+    # -- the writer thread ------------------------------------------------------------
 
     def _write_loop(self) -> None:
-        conn = self._connect()
-        stopping = False
-        while not stopping:
-            try:
-                # With rows waiting for the user index, an idle writer indexes them.
+        conn: sqlite3.Connection | None = None
+        backoff = BACKOFF_FIRST
+        stop: _Stop | None = None
+        while stop is None or (self._waiting and time.monotonic() < stop.deadline):
+            if self.failure is not None:
+                wait: float | None = backoff
+            elif stop is not None:
+                wait = 0.01
+            else:
                 wait = self.index_delay if self._stored > self._indexed else None
-                jobs = [self._queue.get(timeout=wait)]
-            except queue.Empty:
-                self._index(conn)
-                continue
-            # Everything that arrived while the last commit ran goes into this one.
-            while True:
-                try:
-                    jobs.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            writes = [job for job in jobs if job is not None and job[0] is not None]
-            if writes:
-                self._commit(conn, writes)
-                if self._stored - self._indexed >= self.index_chunk:
-                    self._index(conn)
+            chores: list[_Chore] = []
+            jobs = self._take(wait)
             for job in jobs:
-                if job is None:
-                    stopping = True
-                elif job[0] is None:
-                    job[1](conn)
-        # A cleanly closed file has every row in the user index.
-        self._index(conn)
-        conn.close()
+                if isinstance(job, _Append):
+                    self._waiting.append(job)
+                elif isinstance(job, _Chore):
+                    chores.append(job)
+                else:
+                    stop = job
+            try:
+                conn = conn or self._connect(WRITER_BUSY_MS)
+                self._waiting = [job for job in self._waiting if not job.future.cancelled()]
+                if self._waiting or self.failure is not None:
+                    self._commit(conn)
+                for chore in chores:
+                    self._run_chore(conn, chore)
+                # The user index catches up when the writer is idle, or far behind.
+                if self.failure is None and (not jobs or self._behind()):
+                    self._index(conn)
+            except sqlite3.Error as exc:
+                self._failed(exc)
+                if not _is_busy(exc) and conn is not None:
+                    # Reopen: a fresh connection recovers from a file or directory that
+                    # was unusable for a while.
+                    conn.close()
+                    conn = None
+            except Exception:  # noqa: BLE001 - the writer must never die
+                log.exception("database %s: unexpected error in the writer", self.path)
+                self.failure = "unexpected writer error"
+            backoff = BACKOFF_FIRST if self.failure is None else min(backoff * 2, BACKOFF_MAX)
+        for job in self._waiting:
+            if job.future.set_running_or_notify_cancel():
+                job.future.set_exception(WriteFailed("the server stopped before storing it"))
+        self._waiting = []
+        if conn is not None:
+            if self.failure is None:
+                self._index(conn)  # a cleanly closed file has every row in the user index
+            conn.close()
 
-    def _commit(self, conn: sqlite3.Connection, writes: list[tuple[list[Activity], Done]]) -> None:
-        rows = [_row(a) for activities, _ in writes for a in activities]
-        error: BaseException | None = None
+    def _take(self, wait: float | None) -> list[_Append | _Chore | _Stop]:
+        """The next job (waiting up to `wait` seconds), and everything queued behind it."""
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            jobs = [self._queue.get(timeout=wait)]
+        except queue.Empty:
+            return []
+        while True:
+            try:
+                jobs.append(self._queue.get_nowait())
+            except queue.Empty:
+                return jobs
+
+    def _behind(self) -> bool:
+        return self._stored - self._indexed >= self.index_chunk
+
+    def _failed(self, exc: BaseException) -> None:
+        if self.failure is None:
+            log.warning("database %s: cannot write: %s (retrying)", self.path, exc)
+        self.failure = str(exc)
+
+    def _commit(self, conn: sqlite3.Connection) -> None:
+        """One group commit of every waiting append; with none, a probe of the lock."""
+        # Taking the lock first: if it fails, nothing has been claimed and every write
+        # keeps waiting (or is cancelled by its request's timeout).
+        conn.execute("BEGIN IMMEDIATE")
+        claimed = [job for job in self._waiting if job.future.set_running_or_notify_cancel()]
+        self._waiting = []
+        rows = [
+            (a.id, a.user_id, a.action, a.timestamp, a.details, a.key)
+            for job in claimed
+            for a in job.activities
+        ]
+        try:
             start = 0
             for size in _INSERT_SIZES:
                 while len(rows) - start >= size:
@@ -345,14 +477,33 @@ class SQLiteStore:
                     conn.execute(_INSERTS[size], list(values))
                     start += size
             conn.execute("COMMIT")
-            # Ids reach the queue in order, so the last row is the newest.
-            self._stored = max(self._stored, rows[-1][0])
-        except Exception as exc:  # noqa: BLE001 - whatever it is, the writer must live on
-            error = exc
+        except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-        for _, done in writes:
-            done(error)
+            for job in claimed:
+                job.future.set_exception(WriteFailed(str(exc)))
+            raise
+        if self.failure is not None:
+            log.warning("database %s: writing again", self.path)
+        self.failure = None
+        self.last_commit = time.monotonic()
+        if rows:
+            # Ids reach the queue in order, so the last row is the newest.
+            self._stored = max(self._stored, rows[-1][0])
+        for job in claimed:
+            job.future.set_result(None)
+
+    def _run_chore(self, conn: sqlite3.Connection, chore: _Chore) -> None:
+        if not chore.future.set_running_or_notify_cancel():
+            return
+        try:
+            result = chore.run(conn)
+        except sqlite3.Error as exc:  # the chore's caller learns of it, and retries later
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            chore.future.set_exception(WriteFailed(str(exc)))
+        else:
+            chore.future.set_result(result)
 
     def _index(self, conn: sqlite3.Connection) -> None:
         """Add the rows committed since the last step to activities_by_user, at once."""
@@ -378,36 +529,24 @@ class SQLiteStore:
             return
         self._indexed = top
 
-    # -- retention (on the writer thread, in small steps) ------------------------------
-
-    @staticmethod
-    def delete_step(conn: sqlite3.Connection, cutoff: str | None, max_rows: int) -> list[int]:
-        """Delete at most DELETE_CHUNK of the oldest rows past retention; their ids."""
+    def _delete_step(
+        self, conn: sqlite3.Connection, cutoff: str | None, max_rows: int
+    ) -> list[int]:
+        """One retention step on the writer's connection: the ids it deleted."""
         ids: list[int] = []
         if cutoff is not None:
-            # Through the time index: ORDER BY id scanned the whole table whenever nothing
-            # was old enough (0.4 s at 1.4M rows), once a minute, on the writer thread.
-            ids = [
-                r[0]
-                for r in conn.execute(
-                    "SELECT id FROM activities WHERE timestamp < ? ORDER BY timestamp LIMIT ?",
-                    (cutoff, DELETE_CHUNK),
-                )
-            ]
+            # Through the time index, so a table with nothing old enough costs one seek.
+            sql = "SELECT id FROM activities WHERE timestamp < ? ORDER BY timestamp LIMIT ?"
+            ids = [r[0] for r in conn.execute(sql, (cutoff, DELETE_CHUNK))]
         if not ids and max_rows:
             excess = conn.execute("SELECT count(*) FROM activities").fetchone()[0] - max_rows
             if excess > 0:
-                ids = [
-                    r[0]
-                    for r in conn.execute(
-                        "SELECT id FROM activities ORDER BY id LIMIT ?",
-                        (min(excess, DELETE_CHUNK),),
-                    )
-                ]
+                sql = "SELECT id FROM activities ORDER BY id LIMIT ?"
+                ids = [r[0] for r in conn.execute(sql, (min(excess, DELETE_CHUNK),))]
         if not ids:
             return []
-        top = conn.execute("SELECT max(id) FROM activities").fetchone()[0]
         conn.execute("BEGIN IMMEDIATE")
+        top = conn.execute("SELECT max(id) FROM activities").fetchone()[0]
         # Remember the high-water mark, so ids never restart even if every row goes.
         conn.execute(
             "UPDATE meta SET value = ? WHERE key = 'last_id' AND CAST(value AS INTEGER) < ?",

@@ -11,10 +11,6 @@ from .auth import require_token
 from .errors import JSON_TYPE, ApiError, JSONErrors
 
 FIELD_NAMES = tuple(name for name, _, _ in FIELDS)
-# Every API answer is JSON. A reader's answer also must not be kept by a cache or sniffed
-# into another type when a page loads it as a script or style.
-WRITE_HEADERS = {"Content-Type": JSON_TYPE}
-READ_HEADERS = {**WRITE_HEADERS, "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 
 
 class APIHandler(JSONErrors):
@@ -23,26 +19,38 @@ class APIHandler(JSONErrors):
     def initialize(self, max_body_size: int = 1024 * 1024, **_: Any) -> None:
         self.max_body_size = max_body_size
 
-    # The headers every answer starts with.
-    default_headers: dict[str, str] = READ_HEADERS
-
     def set_default_headers(self) -> None:
-        # Constant, known-good values: skip set_header's per-call checks on every request,
-        # and HTTPHeaders.update(), the generic (and slower) one of MutableMapping.
-        headers = self._headers
-        for name, value in self.default_headers.items():
-            headers[name] = value
+        # Every answer is JSON; none may be kept by a cache, or sniffed into another type
+        # when a page loads it as a script or style.
+        self.set_header("Content-Type", JSON_TYPE)
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("X-Content-Type-Options", "nosniff")
 
     def compute_etag(self) -> None:
-        # Every GET answer is Cache-Control: no-store, so no client can use an ETag; without
+        # Every answer is Cache-Control: no-store, so no client can use an ETag; without
         # this Tornado hashes (SHA-1) every GET body and checks If-None-Match.
         return None
 
     def prepare(self) -> None:
+        lifecycle = self.settings.get("lifecycle")
+        if lifecycle is not None:
+            lifecycle.begin(self)  # shutdown lets it finish
         require_token(self.request, self.settings.get("api_token", ""))
         # The HTTP server's own cap is larger, so most oversized bodies get this JSON 413.
         if len(self.request.body) > self.max_body_size:
             raise ApiError(413, f"request body exceeds {self.max_body_size} bytes")
+
+    def on_finish(self) -> None:
+        self._end()
+
+    def on_connection_close(self) -> None:
+        self._end()
+        super().on_connection_close()
+
+    def _end(self) -> None:
+        lifecycle = self.settings.get("lifecycle")
+        if lifecycle is not None:
+            lifecycle.end(self)
 
     def write_json(self, encoded: bytes) -> None:
         """Finish with JSON bytes that were encoded already."""
@@ -75,18 +83,7 @@ class APIHandler(JSONErrors):
         """The activity fields from a JSON body, or else from the query string and form."""
         if self.has_json_body():
             return self.validated(self.json_body())
-        args = self.request.arguments
-        values: dict[str, str | None] = {}
-        for name in FIELD_NAMES:
-            raw = args.get(name)
-            if raw is None:
-                continue  # absent: validate() reads it as None
-            try:
-                # The common case inline; argument() explains a repeat or bad bytes.
-                values[name] = raw[0].decode() if len(raw) == 1 else self.argument(name)
-            except UnicodeDecodeError:
-                values[name] = self.argument(name)
-        return self.validated(values)
+        return self.validated({name: self.argument(name) for name in FIELD_NAMES})
 
     @staticmethod
     def validated(values: dict[str, Any], index: int | None = None) -> ActivityInput:

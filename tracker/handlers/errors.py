@@ -15,12 +15,19 @@ class ApiError(tornado.web.HTTPError):
     """An HTTP error whose message and field reach the client in the JSON error body."""
 
     def __init__(
-        self, status: int, message: str, field: str | None = None, index: int | None = None
+        self,
+        status: int,
+        message: str,
+        field: str | None = None,
+        index: int | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(status, reason=HTTPStatus(status).phrase)
         self.message = message
         self.field = field
         self.index = index
+        # Sent with the error (such as Retry-After); Tornado clears earlier headers.
+        self.headers = headers or {}
 
 
 def error_body(
@@ -52,6 +59,8 @@ class JSONErrors(tornado.web.RequestHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, ApiError):
+            for name, value in exc.headers.items():
+                self.set_header(name, value)
             return self.send_json_error(status_code, exc.message, exc.field, exc.index)
         if status_code >= 500:
             # The traceback goes to the server's log, never to the client.

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
 import json
-from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 
 from tornado.iostream import StreamClosedError
 
-from ..activity import Activity, ValidationError, check_text, encode_list
-from ..service import ActivityService, Recorded, StoreUnavailable
+from ..activity import Activity, ActivityInput, ValidationError, check_text, encode_list
+from ..service import ActivityService, IdempotencyConflict, Recorded, StoreUnavailable
 from . import params
-from .base import WRITE_HEADERS, APIHandler
+from .base import APIHandler
 from .errors import ApiError
 
 DEFAULT_LIMIT = 100
@@ -32,29 +30,24 @@ class MetricsHandler(APIHandler):
     def initialize(  # type: ignore[override]
         self, service: ActivityService, max_body_size: int, max_batch: int = 1000
     ) -> None:
-        # APIHandler's part too, without super() and a kwargs dict: this runs per request.
-        self.max_body_size = max_body_size
+        super().initialize(max_body_size)
         self.service = service
         self.max_batch = max_batch
 
-    def answer(
-        self, outcome: Recorded | asyncio.Future[Recorded], respond: Callable[..., None]
-    ) -> Awaitable[None] | None:
-        """Respond now if recorded (in memory), or once the store has committed."""
-        # Tornado awaits what a handler method returns, so memory mode pays no coroutine.
-        if isinstance(outcome, asyncio.Future):
-            return self._answer_when_durable(outcome, respond)
-        respond(*outcome)
-        return None
-
-    async def _answer_when_durable(
-        self, pending: asyncio.Future[Recorded], respond: Callable[..., None]
-    ) -> None:
+    async def record(
+        self, inputs: list[ActivityInput], keys: list[str | None], key_field: str
+    ) -> Recorded:
+        """Record through the service; its refusals become 503 and 422 errors."""
         try:
-            recorded = await pending
-        except StoreUnavailable:
-            raise ApiError(503, "activity could not be stored; nothing was recorded") from None
-        respond(*recorded)
+            return await self.service.track(inputs, keys)
+        except StoreUnavailable as exc:
+            raise ApiError(
+                503, f"not recorded: {exc}; retry later", headers={"Retry-After": "1"}
+            ) from None
+        except IdempotencyConflict as exc:
+            index = None if key_field == "Idempotency-Key" else exc.index
+            message = f"{key_field} was used before with a different body"
+            raise ApiError(422, message, key_field, index) from None
 
     @staticmethod
     def idempotency_key(value: object, index: int | None) -> str | None:
@@ -75,12 +68,7 @@ class MetricsHandler(APIHandler):
 class TrackHandler(MetricsHandler):
     """POST /api/metrics/track: validate, record, answer once durable with the activity."""
 
-    # No Cache-Control or nosniff: a POST answer without freshness information is never
-    # cached (RFC 9111, 9.3.3), and no page can load it as a script or style. Tornado checks
-    # each header line it writes: those two cost 2% of a POST's instructions (callgrind).
-    default_headers = WRITE_HEADERS
-
-    def post(self) -> Awaitable[None] | None:
+    async def post(self) -> None:
         data = self.activity_input()
         # Two keys would be joined into one by headers.get(); refuse them, as a query
         # field given twice is refused.
@@ -88,9 +76,7 @@ class TrackHandler(MetricsHandler):
         if len(sent) > 1:
             raise ApiError(400, "Idempotency-Key must be given once", "Idempotency-Key")
         key = self.idempotency_key(sent[0], None) if sent else None
-        return self.answer(self.service.track((data,), (key,)), self._respond)
-
-    def _respond(self, activities: list[Activity], fresh: list[bool]) -> None:
+        activities, fresh = await self.record([data], [key], "Idempotency-Key")
         if not fresh[0]:
             self.set_header("Idempotent-Replayed", "true")
         self.write_json(activities[0].json)
@@ -99,9 +85,7 @@ class TrackHandler(MetricsHandler):
 class BatchHandler(MetricsHandler):
     """POST /api/metrics/track/batch: a JSON array, all validated before any is recorded."""
 
-    default_headers = WRITE_HEADERS  # as TrackHandler's
-
-    def post(self) -> Awaitable[None] | None:
+    async def post(self) -> None:
         items = self.json_body(list)
         if not items:
             raise ApiError(400, "batch is empty")
@@ -113,9 +97,7 @@ class BatchHandler(MetricsHandler):
                 raise ApiError(400, f"item {index}: must be a JSON object", None, index)
             inputs.append(self.validated(item, index))
             keys.append(self.idempotency_key(item.get("event_id"), index))
-        return self.answer(self.service.track(inputs, keys), self._respond)
-
-    def _respond(self, activities: list[Activity], fresh: list[bool]) -> None:
+        activities, fresh = await self.record(inputs, keys, "event_id")
         self.write_json(
             b'{"count":%d,"recorded":%d,"items":%s}'
             % (len(activities), sum(fresh), encode_list(activities))
@@ -125,24 +107,24 @@ class BatchHandler(MetricsHandler):
 class ActivitiesHandler(MetricsHandler):
     """GET /api/metrics/activities: the newest matching activities, oldest first."""
 
-    def get(self) -> None:
+    async def get(self) -> None:
         query = params.query(
             self.request.arguments, default_limit=DEFAULT_LIMIT, cap=self.service.capacity
         )
-        self.write_json(encode_list(self.service.query(query)))
+        self.write_json(encode_list(await self.service.query(query)))
 
 
 class SummaryHandler(MetricsHandler):
     """GET /api/metrics/summary: totals, top actions and users, per-minute counts."""
 
-    def get(self) -> None:
+    async def get(self) -> None:
         args = self.request.arguments
         # limit is checked as the other readers check it, then ignored: a summary covers
         # every match, in memory and with --db alike.
         query = replace(params.query(args, default_limit=None, cap=None), limit=None)
         top = params.count(args, "top", DEFAULT_TOP, 1000)
         assert top is not None
-        self.write_json(json.dumps(self.service.summary(query, top)).encode())
+        self.write_json(json.dumps(await self.service.summary(query, top)).encode())
 
 
 def csv_safe(value: str | None) -> str:
@@ -178,7 +160,7 @@ class ExportHandler(MetricsHandler):
         self.set_header("Content-Disposition", f'attachment; filename="activities-{stamp}.{fmt}"')
         if fmt == "csv":
             self.write(",".join(EXPORT_COLUMNS).encode() + b"\r\n")
-        for chunk in self.service.scan(query):
+        async for chunk in self.service.scan(query):
             if fmt == "csv":
                 self.write(csv_rows(chunk))
             else:
