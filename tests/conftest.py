@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,8 @@ from tracker.app import Tracker, build
 from tracker.config import Settings
 from tracker.hub import LiveHub
 from tracker.service import ActivityService
+
+from .servers import Server
 
 BACKENDS = ("memory", "db")
 
@@ -40,6 +42,22 @@ def settings(request: pytest.FixtureRequest, tmp_path: Path, backend: str) -> Se
     if values.get("db") is True or backend == "db":
         values["db"] = str(tmp_path / "activities.db")
     return Settings(**values)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    """Make `python run.py` servers over a database file (by default a fresh one)."""
+    made: list[Server] = []
+
+    def make(*extra: str, db: str | None = None) -> Server:
+        made.append(Server(db or str(tmp_path / "activities.db"), *extra))
+        return made[-1]
+
+    yield make
+    for each in made:
+        if each.proc is not None:
+            each.proc.kill()
+            each.proc.wait()
 
 
 @pytest.fixture

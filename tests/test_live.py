@@ -20,7 +20,7 @@ from tracker.hub import CLOSE_TOO_SLOW, LiveHub
 from tracker.service import ActivityService
 
 from .conftest import Api, error_of
-from .test_run import ROOT, free_port
+from .servers import ROOT, free_port
 from .wsclient import Feed, RawClient, ws_url
 
 

@@ -15,29 +15,7 @@ import pytest
 
 from tracker.config import Settings, load_settings
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start(*args: str, env: dict | None = None) -> tuple[subprocess.Popen, str]:
-    """Start run.py and wait for the line with the dashboard URL."""
-    proc = subprocess.Popen(
-        [sys.executable, "run.py", *args],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **(env or {})},
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    assert "http://" in line, (line, proc.stderr.read() if proc.poll() is not None else "")
-    return proc, line.strip().split()[-1]
+from .servers import ROOT, free_port, start
 
 
 def test_help_lists_every_flag() -> None:

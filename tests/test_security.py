@@ -12,7 +12,7 @@ from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
 from .conftest import Api, error_of
-from .test_run import free_port, start
+from .servers import free_port, server_log, start
 from .wsclient import ws_url
 
 TOKEN = "s3cret-Token_value.42"
@@ -105,7 +105,8 @@ def test_token_never_reaches_the_access_log() -> None:
             except urllib.error.HTTPError as exc:
                 assert exc.code == 401
         proc.terminate()
-        _, err = proc.communicate(timeout=10)
+        proc.wait(timeout=10)
+        err = server_log(proc)
     finally:
         proc.kill()
         proc.wait()
@@ -116,11 +117,12 @@ def test_token_never_reaches_the_access_log() -> None:
 def test_non_loopback_host_without_token_warns() -> None:
     proc, _ = start("--host", "0.0.0.0", "--port", str(free_port()))
     proc.terminate()
-    _, err = proc.communicate(timeout=10)
-    assert "without --api-token" in err
+    proc.wait(timeout=10)
+    assert "without --api-token" in server_log(proc)
     quiet, _ = start("--port", str(free_port()))
     quiet.terminate()
-    assert "without --api-token" not in quiet.communicate(timeout=10)[1]
+    quiet.wait(timeout=10)
+    assert "without --api-token" not in server_log(quiet)
 
 
 @pytest.mark.gen_test

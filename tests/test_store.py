@@ -23,7 +23,7 @@ from tracker.service import ActivityService
 from tracker.store import MIGRATIONS, SCHEMA_VERSION, SQLiteStore
 
 from .conftest import Api, error_of
-from .test_run import ROOT, free_port, start
+from .servers import ROOT, free_port
 from .wsclient import Feed
 
 
@@ -40,57 +40,6 @@ async def scanned(service: ActivityService, query: Query) -> list[int]:
 @pytest.fixture
 def db_path(tmp_path: Path) -> str:
     return str(tmp_path / "activities.db")
-
-
-class Server:
-    """`python run.py` on a free port, over a database file, restartable."""
-
-    def __init__(self, db: str, *extra: str) -> None:
-        self.db, self.extra, self.port = db, extra, free_port()
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> Server:
-        self.proc, _ = start("--port", str(self.port), "--db", self.db, *self.extra)
-        return self
-
-    def request(self, method: str, path: str, body: Any = None, headers: dict | None = None):
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        payload = json.dumps(body) if body is not None else None
-        all_headers = {"Content-Type": "application/json"} if body is not None else {}
-        conn.request(method, path, body=payload, headers={**all_headers, **(headers or {})})
-        response = conn.getresponse()
-        data = response.read()
-        conn.close()
-        return response.status, json.loads(data) if data else None, response
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-        code = self.proc.wait(timeout=20)
-        self.proc = None
-        return code
-
-    def all_activities(self) -> list[dict]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        conn.request("GET", "/api/metrics/export?format=ndjson")
-        lines = conn.getresponse().read().decode().splitlines()
-        conn.close()
-        return [json.loads(line) for line in lines]
-
-
-@pytest.fixture
-def server(db_path: str) -> Any:
-    made: list[Server] = []
-
-    def make(*extra: str) -> Server:
-        made.append(Server(db_path, *extra))
-        return made[-1]
-
-    yield make
-    for each in made:
-        if each.proc is not None:
-            each.proc.kill()
-            each.proc.wait()
 
 
 def test_sigkill_during_ingest_loses_nothing_acknowledged(server: Any) -> None:

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from .test_run import ROOT
+from .servers import ROOT
 
 
 @pytest.mark.parametrize("command", [["check", "."], ["format", "--check", "."]])

@@ -458,12 +458,18 @@ class SQLiteStore:
         self.failure = str(exc)
 
     def _commit(self, conn: sqlite3.Connection) -> None:
-        """One group commit of every waiting append; with none, a probe of the lock."""
+        """One group commit of every waiting append; with none, a probe write."""
         # Taking the lock first: if it fails, nothing has been claimed and every write
         # keeps waiting (or is cancelled by its request's timeout).
         conn.execute("BEGIN IMMEDIATE")
         claimed = [job for job in self._waiting if job.future.set_running_or_notify_cancel()]
         self._waiting = []
+        if not claimed:
+            # A failing writer with nothing to write probes with a real write, which a
+            # full disk refuses as an insert would: /readyz clears only when writes work.
+            conn.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('writer_checked_at', ?)", (str(time.time()),)
+            )
         rows = [
             (a.id, a.user_id, a.action, a.timestamp, a.details, a.key)
             for job in claimed

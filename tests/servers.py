@@ -1,0 +1,108 @@
+"""Servers for tests: `python run.py` as a user starts it, on a free port of 127.0.0.1."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start(*args: str, env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """Start run.py and wait for the line with the dashboard URL."""
+    # The log goes to a file: a pipe nobody reads would block a server that logs a lot.
+    log = tempfile.TemporaryFile(mode="w+")
+    proc = subprocess.Popen(
+        [sys.executable, "run.py", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    proc.log = log  # type: ignore[attr-defined]
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert "http://" in line, (line, server_log(proc))
+    return proc, line.strip().split()[-1]
+
+
+def server_log(proc: subprocess.Popen) -> str:
+    """What a server started by start() has written to stderr so far."""
+    log = proc.log  # type: ignore[attr-defined]
+    log.seek(0)
+    return log.read()
+
+
+class Server:
+    """`python run.py` on a free port, over a database file, restartable."""
+
+    def __init__(self, db: str, *extra: str) -> None:
+        self.db, self.extra, self.port = db, extra, free_port()
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Server:
+        self.proc, _ = start("--port", str(self.port), "--db", self.db, *self.extra)
+        return self
+
+    def request(self, method: str, path: str, body: Any = None, headers: dict | None = None):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        payload = json.dumps(body) if body is not None else None
+        all_headers = {"Content-Type": "application/json"} if body is not None else {}
+        conn.request(method, path, body=payload, headers={**all_headers, **(headers or {})})
+        response = conn.getresponse()
+        data = response.read()
+        conn.close()
+        return response.status, json.loads(data) if data else None, response
+
+    def request_quietly(self, method: str, path: str) -> int | None:
+        """A request whose answer may never come (the server is killed): its status or None."""
+        try:
+            return self.request(method, path)[0]
+        except (OSError, http.client.HTTPException):
+            return None
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=20)
+        self.proc = None
+        return code
+
+    def all_activities(self) -> list[dict]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        conn.request("GET", "/api/metrics/export?format=ndjson")
+        lines = conn.getresponse().read().decode().splitlines()
+        conn.close()
+        return [json.loads(line) for line in lines]
+
+
+@pytest.fixture
+def server(db_path: str) -> Any:
+    made: list[Server] = []
+
+    def make(*extra: str) -> Server:
+        made.append(Server(db_path, *extra))
+        return made[-1]
+
+    yield make
+    for each in made:
+        if each.proc is not None:
+            each.proc.kill()
+            each.proc.wait()
