@@ -52,9 +52,8 @@ def raise_file_limit() -> None:
 
 def tune_gc() -> None:
     """Collect garbage less often, and never walk the objects made at start."""
-    # A batch of 1,000 makes thousands of short-lived dicts and tuples, and the default
-    # threshold (700) ran collections in the middle of each: this cut the CPU per
-    # activity of in-memory batches from about 3.9 to 3.4 us (bench/ingest.py --only DB).
+    # Batches and live fan-outs make thousands of short-lived objects at a time; at the
+    # default threshold (700) collections cost batch ingest over 10% of its CPU.
     gc.freeze()
     gc.set_threshold(50_000, 10, 10)
 

@@ -30,6 +30,14 @@ class ApiError(tornado.web.HTTPError):
         self.headers = headers or {}
 
 
+def status_phrase(status: int) -> str:
+    """The standard reason phrase of an HTTP status ("Not Found"), or "Error"."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
 def error_body(
     status: int, message: str, field: str | None = None, index: int | None = None
 ) -> bytes:
@@ -68,5 +76,5 @@ class JSONErrors(tornado.web.RequestHandler):
         if isinstance(exc, tornado.web.HTTPError) and exc.log_message:
             message = exc.log_message % exc.args if exc.args else exc.log_message
         else:
-            message = self._reason.lower()
+            message = status_phrase(status_code).lower()
         self.send_json_error(status_code, message)

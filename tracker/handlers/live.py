@@ -12,7 +12,7 @@ from ..hub import LiveHub
 from ..query import Query
 from . import params
 from .auth import WS_PROTOCOL, require_token
-from .errors import ApiError, JSONErrors
+from .errors import ApiError, JSONErrors, status_phrase
 
 
 class LiveHandler(JSONErrors, tornado.websocket.WebSocketHandler):
@@ -59,7 +59,7 @@ class LiveHandler(JSONErrors, tornado.websocket.WebSocketHandler):
         # with plain text or nothing; our own refusals are JSON bytes already.
         status = self.get_status()
         if status >= 400 and not isinstance(chunk, bytes):
-            message = (chunk or self._reason).strip().rstrip(".") or "refused"
+            message = (chunk or status_phrase(status)).strip().rstrip(".") or "refused"
             return self.send_json_error(status, message)
         return super().finish(chunk)
 
