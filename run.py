@@ -131,6 +131,23 @@ async def shutdown(tracker: Tracker, server: tornado.httpserver.HTTPServer, time
     await asyncio.to_thread(tracker.service.close, max(deadline - loop.time(), 1.0))
 
 
+def run(settings: Settings) -> int:
+    """Run main() on the chosen event loop: uvloop when asked for, or when installed."""
+    try:
+        import uvloop
+    except ImportError:
+        uvloop = None
+    if settings.loop == "uvloop" and uvloop is None:
+        print(
+            "error: --loop uvloop: uvloop is not installed (pip install -e '.[fast]')",
+            file=sys.stderr,
+        )
+        return 2
+    if settings.loop == "asyncio" or uvloop is None:
+        return asyncio.run(main(settings))
+    return uvloop.run(main(settings))
+
+
 if __name__ == "__main__":
     settings = load_settings(sys.argv[1:], os.environ)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -138,4 +155,4 @@ if __name__ == "__main__":
     access = logging.INFO if settings.access_log else logging.WARNING
     logging.getLogger("tornado.access").setLevel(access)
     raise_file_limit()
-    sys.exit(asyncio.run(main(settings)))
+    sys.exit(run(settings))

@@ -91,10 +91,12 @@ def test_db_path_is_used_exactly_as_given(tmp_path: Path, name: str) -> None:
     ]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_server_records_then_exits_zero_on_signal(sig: signal.Signals) -> None:
+@pytest.mark.parametrize(
+    "sig,loop", [(signal.SIGTERM, "auto"), (signal.SIGINT, "asyncio"), (signal.SIGTERM, "uvloop")]
+)
+def test_server_records_then_exits_zero_on_signal(sig: signal.Signals, loop: str) -> None:
     port = free_port()
-    proc, url = start("--port", str(port))
+    proc, url = start("--port", str(port), "--loop", loop)
     try:
         assert url == f"http://localhost:{port}/api/ui-dashboard/metrics-dashboard-ui"
         request = urllib.request.Request(

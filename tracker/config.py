@@ -10,9 +10,16 @@ from dataclasses import Field, dataclass, field, fields
 from typing import Any
 
 
-def _opt(default: Any, help: str, minimum: float = 1, maximum: float = math.inf) -> Any:
-    """A setting: its default, its --help text, and the range of numbers it accepts."""
-    return field(default=default, metadata={"help": help, "minimum": minimum, "maximum": maximum})
+def _opt(
+    default: Any,
+    help: str,
+    minimum: float = 1,
+    maximum: float = math.inf,
+    choices: tuple[str, ...] = (),
+) -> Any:
+    """A setting: its default, its --help text, and the numbers or words it accepts."""
+    limits = {"minimum": minimum, "maximum": maximum, "choices": choices}
+    return field(default=default, metadata={"help": help, **limits})
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,11 @@ class Settings:
     ws_ping_interval: float = _opt(
         20.0, "seconds between WebSocket pings; a client silent for as long is dropped"
     )
+    loop: str = _opt(
+        "auto",
+        "event loop: uvloop (pip install -e '.[fast]'), asyncio, or auto (uvloop when installed)",
+        choices=("auto", "asyncio", "uvloop"),
+    )
     access_log: bool = _opt(False, "log every request, not just failures (1/0)", minimum=0)
 
 
@@ -90,8 +102,11 @@ def _convert(kind: type, raw: str) -> Any:
     return kind(raw)
 
 
-def _check_range(value: object, spec: Field[Any]) -> None:
-    """Refuse numbers outside the setting's range, and NaN or infinity for any of them."""
+def _check(value: object, spec: Field[Any]) -> None:
+    """Refuse words outside the setting's choices, numbers outside its range, NaN, infinity."""
+    choices = spec.metadata["choices"]
+    if choices and value not in choices:
+        raise ValueError(f"--{spec.name.replace('_', '-')} must be one of {', '.join(choices)}")
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return
     low, high = spec.metadata["minimum"], spec.metadata["maximum"]
@@ -117,14 +132,15 @@ def build_parser() -> argparse.ArgumentParser:
     for spec in fields(Settings):
         kind = type(spec.default)
         shown = ",".join(spec.default) if kind is tuple else spec.default
-        converter = _named(kind)
         parser.add_argument(
             "--" + spec.name.replace("_", "-"),
             dest=spec.name,
             default=None,
+            # A list setting may be repeated, and each value may hold several, comma-separated.
+            action="append" if kind is tuple else "store",
             metavar=kind.__name__.upper() if kind is not tuple else "LIST",
             help=f"{spec.metadata['help']} (env {_env_name(spec.name)}; default: {shown!r})",
-            type=converter,
+            type=_named(kind),
         )
     return parser
 
@@ -146,6 +162,8 @@ def load_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
     values: dict[str, Any] = {}
     for spec in fields(Settings):
         value = getattr(args, spec.name)
+        if type(spec.default) is tuple and value is not None:
+            value = tuple(part for given in value for part in given)
         if value is None and _env_name(spec.name) in environ:
             try:
                 value = _convert(type(spec.default), environ[_env_name(spec.name)])
@@ -153,7 +171,7 @@ def load_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
                 parser.error(f"{_env_name(spec.name)}: not a valid {spec.name}")
         if value is not None:
             try:
-                _check_range(value, spec)
+                _check(value, spec)
             except ValueError as exc:
                 parser.error(str(exc))
             values[spec.name] = value
