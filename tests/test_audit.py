@@ -7,8 +7,13 @@ import hashlib
 import json
 import os
 import random
+import shutil
+import sqlite3
 import stat
+import subprocess
+import sys
 import threading
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pytest
@@ -17,6 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from tracker import verify
 from tracker.activity import Activity, ActivityInput
 from tracker.audit import (
     ZERO_HASH,
@@ -28,8 +34,13 @@ from tracker.audit import (
     chain_hash,
     chain_links,
     checkpoint_message,
+    verify_chain,
     verify_checkpoint_signature,
+    verify_export,
 )
+from tracker.verify import verify_database
+
+ROOT = Path(__file__).resolve().parent.parent
 
 TS = "2025-11-05T10:30:00.123456+00:00"
 
@@ -283,3 +294,614 @@ def test_key_path_that_is_a_directory_or_uncreatable_is_one_line(tmp_path: Path)
         with pytest.raises(KeyFileError) as caught:
             Signer.load_or_create(path)
         assert "\n" not in str(caught.value) and str(path) in str(caught.value)
+
+
+# --- databases to verify -----------------------------------------------------------------
+
+SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE activities (
+    id INTEGER PRIMARY KEY, user_id TEXT NOT NULL, action TEXT NOT NULL,
+    timestamp TEXT NOT NULL, details TEXT, idem_key TEXT, prev_hash BLOB, hash BLOB
+);
+CREATE TABLE checkpoints (
+    seq INTEGER PRIMARY KEY, store_id TEXT NOT NULL, last_id INTEGER NOT NULL,
+    hash TEXT NOT NULL, timestamp TEXT NOT NULL, signature TEXT NOT NULL
+);
+"""
+STORE = "a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6"
+# Gaps between ids, so that a row can be slipped in between two others.
+IDS = range(10, 101, 10)
+CHECKPOINT_IDS = (40, 80, 100)
+
+
+def make_activities(ids: Iterable[int]) -> list[Activity]:
+    return [
+        Activity.create(
+            id,
+            ActivityInput(
+                f"user_{id % 3}", "login", [None, "ok", NASTY[id // 10 % len(NASTY)]][id % 3]
+            ),
+            f"2025-11-05T10:30:{id % 60:02d}.{id:06d}+00:00",
+        )
+        for id in ids
+    ]
+
+
+def build_db(path: Path, signer: Signer) -> Path:
+    conn = sqlite3.connect(path)
+    conn.executescript(SCHEMA)
+    activities = make_activities(IDS)
+    for a, (prev, digest) in zip(activities, chain_links(ZERO_HASH, activities), strict=True):
+        conn.execute(
+            "INSERT INTO activities VALUES (?, ?, ?, ?, ?, NULL, ?, ?)",
+            (a.id, a.user_id, a.action, a.timestamp, a.details, prev, digest),
+        )
+    conn.executemany(
+        "INSERT INTO meta VALUES (?, ?)",
+        [("store_id", STORE), ("chain_anchor", "0" * 64), ("chain_anchor_id", "0")],
+    )
+    for last_id in CHECKPOINT_IDS:
+        sign_checkpoint(conn, signer, last_id)
+    conn.commit()
+    conn.close()
+    return path
+
+
+def row_hash(conn: sqlite3.Connection, id: int) -> bytes:
+    return conn.execute("SELECT hash FROM activities WHERE id = ?", (id,)).fetchone()[0]
+
+
+def sign_checkpoint(
+    conn: sqlite3.Connection, signer: Signer, last_id: int, seq: int | None = None
+) -> None:
+    checkpoint = signer.sign_checkpoint(STORE, last_id, row_hash(conn, last_id).hex(), TS)
+    conn.execute(
+        "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?, ?, ?)",
+        (seq, *checkpoint.values()),
+    )
+
+
+def rechain(conn: sqlite3.Connection, from_id: int, through: int = 2**62) -> None:
+    """Recompute the hashes from a row on, as someone covering an edit would."""
+    prev = conn.execute("SELECT prev_hash FROM activities WHERE id = ?", (from_id,)).fetchone()[0]
+    rows = conn.execute(
+        "SELECT id, user_id, action, timestamp, details FROM activities "
+        "WHERE id BETWEEN ? AND ? ORDER BY id",
+        (from_id, through),
+    ).fetchall()
+    for row in rows:
+        digest = chain_hash(prev, canonical(*row))
+        conn.execute(
+            "UPDATE activities SET prev_hash = ?, hash = ? WHERE id = ?", (prev, digest, row[0])
+        )
+        prev = digest
+
+
+def insert_row(conn: sqlite3.Connection, id: int, prev: bytes) -> None:
+    fields = (id, "mallory", "login", TS, "slipped in")
+    digest = chain_hash(prev, canonical(*fields))
+    conn.execute(
+        "INSERT INTO activities VALUES (?, ?, ?, ?, ?, NULL, ?, ?)", (*fields, prev, digest)
+    )
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory, signer: Signer) -> Path:
+    return build_db(tmp_path_factory.mktemp("template") / "activities.db", signer)
+
+
+@pytest.fixture
+def db(template: Path, tmp_path: Path) -> Path:
+    path = tmp_path / "activities.db"
+    shutil.copyfile(template, path)
+    return path
+
+
+def tamper(path: Path, change: Callable[[sqlite3.Connection], object]) -> None:
+    conn = sqlite3.connect(path)
+    change(conn)
+    conn.commit()
+    conn.close()
+
+
+def run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "tracker.verify", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=60,
+    )
+
+
+def _forge_signature(other: Signer) -> Callable[[sqlite3.Connection], object]:
+    def change(conn: sqlite3.Connection) -> None:
+        digest = row_hash(conn, 80).hex()
+        forged = other.sign_checkpoint(STORE, 80, digest, TS)["signature"]
+        conn.execute("UPDATE checkpoints SET signature = ? WHERE last_id = 80", (forged,))
+
+    return change
+
+
+def _rewrite(conn: sqlite3.Connection) -> None:
+    conn.execute("UPDATE activities SET details = 'nothing happened' WHERE id = 50")
+    rechain(conn, 50)
+
+
+# (name, tampering, kind, first bad id, words the reason must hold)
+TAMPERING: list[tuple[str, Callable[[sqlite3.Connection], object], str, int, list[str]]] = [
+    (
+        "changed details",
+        lambda c: c.execute("UPDATE activities SET details = 'x' WHERE id = 50"),
+        "changed",
+        50,
+        ["row 50"],
+    ),
+    (
+        "changed user_id",
+        lambda c: c.execute("UPDATE activities SET user_id = 'user_1' WHERE id = 60"),
+        "changed",
+        60,
+        ["row 60"],
+    ),
+    (
+        "changed hash",
+        lambda c: c.execute("UPDATE activities SET hash = randomblob(32) WHERE id = 50"),
+        "changed",
+        50,
+        ["row 50"],
+    ),
+    (
+        "changed prev_hash",
+        lambda c: c.execute("UPDATE activities SET prev_hash = randomblob(32) WHERE id = 50"),
+        "changed",
+        50,
+        ["row 50"],
+    ),
+    (
+        "hash removed",
+        lambda c: c.execute("UPDATE activities SET hash = NULL WHERE id = 50"),
+        "changed",
+        50,
+        ["not 32 bytes"],
+    ),
+    (
+        "details no longer UTF-8",
+        lambda c: c.execute("UPDATE activities SET details = CAST(x'ff41' AS TEXT) WHERE id = 50"),
+        "changed",
+        50,
+        ["row 50", "details"],
+    ),
+    (
+        "user_id made a blob",
+        lambda c: c.execute("UPDATE activities SET user_id = x'41' WHERE id = 50"),
+        "changed",
+        50,
+        ["row 50", "user_id"],
+    ),
+    (
+        "contents of two rows swapped",
+        lambda c: c.executescript(
+            "UPDATE activities SET id = -1 WHERE id = 50;"
+            "UPDATE activities SET id = 50 WHERE id = 60;"
+            "UPDATE activities SET id = 60 WHERE id = -1;"
+        ),
+        "changed",
+        50,
+        ["row 50"],
+    ),
+    (
+        "changed, with its own hash recomputed",
+        lambda c: (
+            c.execute("UPDATE activities SET details = 'x' WHERE id = 50"),
+            rechain(c, 50, through=50),
+        ),
+        "missing",
+        60,
+        ["id 50", "id 60", "edited"],
+    ),
+    (
+        "deleted middle row",
+        lambda c: c.execute("DELETE FROM activities WHERE id = 60"),
+        "missing",
+        70,
+        ["id 50", "id 70"],
+    ),
+    (
+        "deleted row a checkpoint names",
+        lambda c: c.execute("DELETE FROM activities WHERE id = 40"),
+        "missing",
+        40,
+        ["row 40", "checkpoint #1"],
+    ),
+    (
+        "deleted last rows",
+        lambda c: c.execute("DELETE FROM activities WHERE id > 80"),
+        "missing",
+        100,
+        ["after id 80 up to id 100"],
+    ),
+    (
+        "deleted first rows, anchor left alone",
+        lambda c: c.execute("DELETE FROM activities WHERE id <= 20"),
+        "missing",
+        30,
+        ["anchor (id 0)", "id 30"],
+    ),
+    (
+        "inserted row with a self-consistent hash",
+        lambda c: insert_row(c, 55, row_hash(c, 50)),
+        "inserted",
+        55,
+        ["row 55"],
+    ),
+    (
+        "inserted row chained from nowhere",
+        lambda c: insert_row(c, 55, os.urandom(32)),
+        "inserted",
+        55,
+        ["row 55"],
+    ),
+    ("chain recomputed after an edit", _rewrite, "rewritten", 50, ["checkpoint #2", "id 50"]),
+    (
+        "foreign checkpoint",
+        lambda c: c.execute("UPDATE checkpoints SET store_id = 'elsewhere' WHERE last_id = 80"),
+        "bad signature",
+        80,
+        ["foreign checkpoint #2"],
+    ),
+    (
+        "checkpoint hash no longer hex",
+        lambda c: c.execute("UPDATE checkpoints SET hash = 'x' WHERE last_id = 80"),
+        "bad signature",
+        80,
+        ["malformed"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "change, kind, first_bad, words",
+    [case[1:] for case in TAMPERING],
+    ids=[case[0] for case in TAMPERING],
+)
+def test_tampering_is_caught_by_verify_database(
+    db: Path,
+    change: Callable[[sqlite3.Connection], object],
+    kind: str,
+    first_bad: int,
+    words: list[str],
+) -> None:
+    tamper(db, change)
+    verdict = verify_database(db)
+    assert not verdict.ok
+    assert (verdict.kind, verdict.first_bad_id) == (kind, first_bad), verdict.reason
+    assert verdict.reason is not None and verdict.reason.startswith(f"{kind}: ")
+    for word in words:
+        assert word in verdict.reason
+    assert verdict.verified_through is None or verdict.verified_through < first_bad
+
+
+@pytest.mark.parametrize(
+    "change, kind, first_bad",
+    [case[1:4] for case in TAMPERING],
+    ids=[case[0] for case in TAMPERING],
+)
+def test_tampering_is_caught_by_the_cli(
+    db: Path,
+    signer: Signer,
+    change: Callable[[sqlite3.Connection], object],
+    kind: str,
+    first_bad: int,
+) -> None:
+    tamper(db, change)
+    result = run_cli(db, "--public-key", signer.public_key_b64)
+    assert result.returncode == 1, result.stderr
+    first_line = result.stdout.splitlines()[0]
+    assert first_line.startswith(f"TAMPERED: first bad id {first_bad}: {kind}: ")
+    assert result.stderr == ""
+
+
+def test_intact_database_verifies(db: Path, signer: Signer) -> None:
+    verdict = verify_database(db, signer.public_key_b64)
+    assert verdict.to_dict() == {
+        "ok": True,
+        "verified_through": 100,
+        "first_bad_id": None,
+        "reason": None,
+        "count": 10,
+        "checkpoints_checked": 3,
+        "signatures_checked": True,
+        "notes": [],
+    }
+    without_key = verify_database(db)
+    assert without_key.ok and not without_key.signatures_checked
+    assert without_key.notes == ("signatures not checked (no public key given)",)
+
+
+def test_cli_on_an_intact_database(db: Path, signer: Signer) -> None:
+    result = run_cli(db)
+    assert result.returncode == 0
+    assert result.stdout.splitlines()[0] == "intact: verified through id 100"
+    assert "rows checked: 10" in result.stdout
+    assert "checkpoints checked: 3" in result.stdout
+    assert "signatures not checked (no --public-key)" in result.stdout
+    result = run_cli(db, "--public-key", signer.public_key_b64, "--json")
+    assert result.returncode == 0
+    assert json.loads(result.stdout)["signatures_checked"] is True
+
+
+def test_forged_checkpoint_signature_is_caught_with_the_key_only(
+    db: Path, signer: Signer, other_signer: Signer
+) -> None:
+    tamper(db, _forge_signature(other_signer))
+    assert verify_database(db).ok
+    verdict = verify_database(db, signer.public_key_b64)
+    assert (verdict.kind, verdict.first_bad_id) == ("bad signature", 80)
+    assert verdict.verified_through == 70 and verdict.checkpoints_checked == 1
+    result = run_cli(db, "--public-key", signer.public_key_b64)
+    assert result.returncode == 1
+    assert result.stdout.startswith("TAMPERED: first bad id 80: bad signature: checkpoint #2")
+
+
+def test_recomputed_chain_with_re_signed_checkpoints_needs_the_key(
+    db: Path, signer: Signer, other_signer: Signer
+) -> None:
+    def cover_up(conn: sqlite3.Connection) -> None:
+        _rewrite(conn)
+        for seq, last_id in enumerate(CHECKPOINT_IDS, 1):
+            sign_checkpoint(conn, other_signer, last_id, seq)
+
+    tamper(db, cover_up)
+    assert verify_database(db).ok
+    verdict = verify_database(db, signer.public_key_b64)
+    assert (verdict.kind, verdict.first_bad_id) == ("bad signature", 40)
+
+
+def test_retention_moves_the_anchor_and_what_remains_verifies(db: Path, signer: Signer) -> None:
+    def retain_after(last_deleted: int) -> Callable[[sqlite3.Connection], object]:
+        def change(conn: sqlite3.Connection) -> None:
+            anchor = row_hash(conn, last_deleted).hex()
+            conn.execute("DELETE FROM activities WHERE id <= ?", (last_deleted,))
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'chain_anchor'", (anchor,))
+            conn.execute(
+                "UPDATE meta SET value = ? WHERE key = 'chain_anchor_id'", (str(last_deleted),)
+            )
+
+        return change
+
+    tamper(db, retain_after(30))
+    verdict = verify_database(db, signer.public_key_b64)
+    assert verdict.ok and verdict.count == 7 and verdict.checkpoints_checked == 3
+    # The checkpoint at 40 now checks the anchor itself.
+    tamper(db, retain_after(40))
+    verdict = verify_database(db, signer.public_key_b64)
+    assert verdict.ok and verdict.count == 6 and verdict.checkpoints_checked == 3
+    assert run_cli(db, "--public-key", signer.public_key_b64).returncode == 0
+    # Everything gone: the anchor still matches the last checkpoint.
+    tamper(db, retain_after(100))
+    verdict = verify_database(db, signer.public_key_b64)
+    assert verdict.ok and verdict.count == 0 and verdict.verified_through is None
+    assert verdict.checkpoints_checked == 1
+    assert verdict.notes == ("2 checkpoint(s) outside the rows read: not compared with rows",)
+
+
+def test_retention_with_a_wrong_anchor_is_caught(db: Path) -> None:
+    def change(conn: sqlite3.Connection) -> None:
+        anchor = row_hash(conn, 20).hex()
+        conn.execute("DELETE FROM activities WHERE id <= 40")
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'chain_anchor'", (anchor,))
+        conn.execute("UPDATE meta SET value = '40' WHERE key = 'chain_anchor_id'")
+
+    tamper(db, change)
+    verdict = verify_database(db)
+    assert verdict.kind == "rewritten" and verdict.first_bad_id == 40
+
+
+def test_a_sub_range_verifies_on_its_own(db: Path, signer: Signer) -> None:
+    tamper(db, lambda c: c.execute("UPDATE activities SET details = 'x' WHERE id = 90"))
+    verdict = verify_database(db, signer.public_key_b64, from_id=50, to_id=80)
+    # The row before from_id anchors the range, and is checked itself.
+    assert verdict.ok and verdict.count == 5 and verdict.verified_through == 80
+    assert verdict.checkpoints_checked == 2
+    verdict = verify_database(db, signer.public_key_b64, from_id=50)
+    assert (verdict.kind, verdict.first_bad_id) == ("changed", 90)
+    tamper(db, lambda c: c.execute("UPDATE activities SET details = 'x' WHERE id = 60"))
+    verdict = verify_database(db, from_id=50, to_id=80)
+    assert (verdict.kind, verdict.first_bad_id) == ("changed", 60)
+    assert verify_database(db, from_id=5, to_id=30).ok
+
+
+def test_verify_reads_without_writing_and_copes_with_odd_names(
+    template: Path, tmp_path: Path
+) -> None:
+    path = tmp_path / "odd ?name#1%20.db"
+    shutil.copyfile(template, path)
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode = WAL")  # as the server keeps it
+    conn.close()
+    before = path.read_bytes()
+    assert verify_database(path).ok
+    assert path.read_bytes() == before
+    # Only SQLite's shared-memory files for WAL readers may appear beside it.
+    others = {p.name for p in tmp_path.iterdir()} - {path.name}
+    assert others <= {path.name + "-wal", path.name + "-shm"}
+    assert all(not (tmp_path / name).stat().st_size for name in others - {path.name + "-shm"})
+    assert run_cli(path).returncode == 0
+
+
+def test_verify_streams_in_chunks(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(verify, "ROW_CHUNK", 3)
+    assert verify_database(db).ok
+    tamper(db, lambda c: c.execute("UPDATE activities SET details = 'x' WHERE id = 70"))
+    assert verify_database(db).first_bad_id == 70
+
+
+def test_checkpoints_out_of_order_are_a_caller_error() -> None:
+    with pytest.raises(ValueError):
+        verify_chain([], ZERO_HASH, [{"last_id": 5}, {"last_id": 4}])
+
+
+def test_a_checkpoint_without_an_integer_last_id_is_reported_without_one() -> None:
+    verdict = verify_chain([], ZERO_HASH, [{"seq": 3, "last_id": "7"}], anchor_id=0)
+    assert verdict.kind == "bad signature" and verdict.first_bad_id is None
+    assert "checkpoint #3 is malformed" in (verdict.reason or "")
+
+
+# --- exports -----------------------------------------------------------------------------
+
+
+def export_text(path: Path) -> str:
+    conn = sqlite3.connect(path)
+    rows = conn.execute(
+        "SELECT id, user_id, action, timestamp, details, prev_hash, hash FROM activities "
+        "ORDER BY id"
+    ).fetchall()
+    conn.close()
+    names = ("id", "user_id", "action", "timestamp", "details")
+    lines = [
+        json.dumps(
+            {
+                **dict(zip(names, row[:5], strict=True)),
+                "prev_hash": row[5].hex(),
+                "hash": row[6].hex(),
+            },
+            ensure_ascii=False,
+            separators=(",", ":"),
+        )
+        + "\n"
+        for row in rows
+    ]
+    return "".join(lines)
+
+
+def served_checkpoint(path: Path, last_id: int) -> dict:
+    conn = sqlite3.connect(path)
+    row = conn.execute(
+        "SELECT store_id, last_id, hash, timestamp, signature FROM checkpoints WHERE last_id = ?",
+        (last_id,),
+    ).fetchone()
+    conn.close()
+    return dict(zip(("store_id", "last_id", "hash", "timestamp", "signature"), row, strict=True))
+
+
+def test_export_verifies_offline(db: Path, signer: Signer) -> None:
+    text = export_text(db)
+    checkpoint = served_checkpoint(db, 100)
+    verdict = verify_export(text.splitlines(keepends=True), checkpoint, signer.public_key_b64)
+    assert verdict.ok and verdict.count == 10 and verdict.checkpoints_checked == 1
+    # Bytes as read from a file, and no checkpoint at all.
+    assert verify_export(text.encode().splitlines(keepends=True)).ok
+    # An export may start anywhere: its first prev_hash is the anchor.
+    tail = text.splitlines(keepends=True)[5:]
+    assert verify_export(tail, checkpoint, signer.public_key_b64).ok
+    early = served_checkpoint(db, 40)
+    verdict = verify_export(tail, early, signer.public_key_b64)
+    assert verdict.ok and verdict.checkpoints_checked == 0 and verdict.notes
+
+
+def test_every_one_character_edit_of_an_export_fails(db: Path, signer: Signer) -> None:
+    text = export_text(db)
+    checkpoint = served_checkpoint(db, 100)
+    for i, char in enumerate(text):
+        replacement = (
+            "0123456789abcdef"[("0123456789abcdef".index(char) + 1) % 16]
+            if char in "0123456789abcdef"
+            else "x"
+            if char != "x"
+            else "y"
+        )
+        edited = text[:i] + replacement + text[i + 1 :]
+        verdict = verify_export(edited.splitlines(keepends=True), checkpoint)
+        assert not verdict.ok, (i, char)
+        if i < len(text) - 1:  # dropping the final newline changes nothing
+            deleted = text[:i] + text[i + 1 :]
+            assert not verify_export(deleted.splitlines(keepends=True), checkpoint).ok, (i, char)
+
+
+def test_export_faults_are_named(db: Path) -> None:
+    lines = export_text(db).splitlines(keepends=True)
+    checkpoint = served_checkpoint(db, 100)
+    verdict = verify_export(lines[:8], checkpoint)
+    assert (verdict.kind, verdict.first_bad_id) == ("missing", 100)
+    assert "after id 80 up to id 100" in (verdict.reason or "")
+    swapped = lines[:4] + [lines[5], lines[4]] + lines[6:]
+    verdict = verify_export(swapped, checkpoint)
+    assert (verdict.kind, verdict.first_bad_id) == ("out of order", 60)
+    # Moved far away, a row is missed where it belonged: the verifier looks one row ahead.
+    verdict = verify_export(lines[:4] + lines[5:] + [lines[4]])
+    assert (verdict.kind, verdict.first_bad_id) == ("missing", 60)
+    broken = lines[:3] + ["{oops\n"] + lines[4:]
+    verdict = verify_export(broken)
+    assert verdict.kind == "changed" and "line 4" in (verdict.reason or "")
+    assert verdict.verified_through == 30 and verdict.first_bad_id is None
+    extra = lines[:3] + [lines[3].replace('"hash"', '"note":"x","hash"')] + lines[4:]
+    verdict = verify_export(extra)
+    assert (verdict.kind, verdict.first_bad_id) == ("changed", 40)
+    verdict = verify_export(["{oops\n"] + lines[1:])
+    assert verdict.kind == "changed" and verdict.count == 1
+    assert verify_export([]).ok
+    assert verify_export([], checkpoint).kind == "missing"
+
+
+def test_cli_on_an_export(db: Path, signer: Signer, tmp_path: Path) -> None:
+    export = tmp_path / "export.ndjson"
+    export.write_text(export_text(db), encoding="utf-8")
+    cp = tmp_path / "cp.json"
+    cp.write_text(json.dumps(served_checkpoint(db, 100)))
+    result = run_cli(export, "--checkpoint", cp, "--public-key", signer.public_key_b64)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("intact: verified through id 100\n")
+    assert "signatures checked" in result.stdout
+    edited = export.read_text(encoding="utf-8").replace('"id":70,', '"id":71,')
+    export.write_text(edited, encoding="utf-8")
+    result = run_cli(export, "--checkpoint", cp)
+    assert result.returncode == 1
+    assert result.stdout.startswith("TAMPERED: first bad id 71: changed: ")
+    assert "signatures not checked (no --public-key)" in result.stdout
+
+
+def test_cli_bad_usage_is_exit_2_with_one_line(
+    db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text_file = tmp_path / "notes.txt"
+    text_file.write_text("hello\n")
+    empty_db = tmp_path / "empty.db"
+    sqlite3.connect(empty_db).execute("CREATE TABLE t (x)").connection.close()
+    not_one = tmp_path / "cp.json"
+    not_one.write_text("[1, 2]")
+    export = tmp_path / "export.ndjson"
+    export.write_text(export_text(db))
+    cases = [
+        [tmp_path / "missing.db"],
+        [tmp_path],
+        [text_file],
+        [empty_db],
+        [db, "--public-key", "not-a-key"],
+        [db, "--checkpoint", not_one],
+        [export, "--checkpoint", not_one],
+        [export, "--checkpoint", text_file],
+        [export, "--checkpoint", tmp_path / "absent.json"],
+        [],
+        [db, "--no-such-flag"],
+    ]
+    for args in cases:
+        assert verify.main([str(arg) for arg in args]) == 2, args
+        out, err = capsys.readouterr()
+        assert out == "" and err.startswith("error: ") and err.count("\n") == 1, (args, err)
+    # And as a process: one line, no traceback.
+    for args in cases[:1] + cases[3:5]:
+        result = run_cli(*args)
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert result.stdout == "" and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_main_returns_the_exit_status(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert verify.main([str(db), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["verified_through"] == 100
+    assert verify.main(["--help"]) == 0
+    assert verify.main([str(db), "--public-key", "x"]) == 2
+    assert "--public-key" in capsys.readouterr().err

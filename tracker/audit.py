@@ -5,12 +5,15 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import itertools
+import json
 import os
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
 from json.encoder import encode_basestring as _quote  # type: ignore[attr-defined]
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -278,3 +281,420 @@ def _signature_valid(checkpoint: dict[str, Any], key: Ed25519PublicKey) -> bool:
     except (InvalidSignature, ValueError):
         return False
     return True
+
+
+# --- verification ------------------------------------------------------------------------
+
+# A stored row, as the verifier reads it: the five fields, then prev_hash and hash (raw bytes).
+Row = tuple[int, str, str, str, str | None, bytes, bytes]
+
+SIGNATURES_NOT_CHECKED = "signatures not checked (no public key given)"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of a verification: intact, or the first bad id and why."""
+
+    ok: bool
+    # The last id whose row was found good (None when none was).
+    verified_through: int | None
+    first_bad_id: int | None
+    # A short sentence that starts with the kind: "changed: ...", "missing: ...", ...
+    reason: str | None
+    # Rows checked, the bad one included.
+    count: int
+    # Checkpoints compared with a row's hash (or with the anchor).
+    checkpoints_checked: int
+    signatures_checked: bool
+    notes: tuple[str, ...] = ()
+
+    @property
+    def kind(self) -> str | None:
+        """The kind of fault: changed, missing, inserted, out of order, rewritten, bad signature."""
+        return self.reason.split(":", 1)[0] if self.reason else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The verdict as JSON-ready fields."""
+        fields = asdict(self)
+        fields["notes"] = list(self.notes)
+        return fields
+
+
+class MalformedRow(ValueError):
+    """A row that could not even be read; a rows iterator raises it, the verdict says changed."""
+
+    def __init__(self, message: str, id: int | None = None) -> None:
+        super().__init__(message)
+        self.id = id
+
+
+class _Fault(NamedTuple):
+    first_bad_id: int | None
+    reason: str
+    verified_through: int | None
+
+
+class _Checkpoint(NamedTuple):
+    label: str
+    # Where it sorts: its last_id, or where it came in the stream when that is no integer.
+    last_id: int
+    # Its last_id when that is an integer: the id a fault in it is reported at.
+    named_id: int | None
+    hash: str
+    # Why it fails whatever the rows say (malformed, foreign, bad signature), or None.
+    problem: str | None
+
+
+def verify_chain(
+    rows: Iterable[Row],
+    anchor: bytes,
+    checkpoints: Iterable[dict[str, Any]] = (),
+    public_key_b64: str | None = None,
+    *,
+    anchor_id: int | None = None,
+    store_id: str | None = None,
+    to_id: int | None = None,
+) -> Verdict:
+    """Check rows (in stored order) against the chain from `anchor` and the checkpoints."""
+    # anchor_id: the id the anchor's hash belongs to (None when unknown, as for an export);
+    # store_id: what every checkpoint must carry; to_id: where a sub-range ends, so that
+    # checkpoints past it are not taken for missing rows. Checkpoints come sorted by
+    # last_id; both streams are read lazily, so memory stays flat.
+    key = load_public_key(public_key_b64) if public_key_b64 is not None else None
+    if type(anchor) is not bytes or len(anchor) != 32:
+        raise ValueError("anchor must be 32 bytes")
+    walk = _Walk(anchor, anchor_id, _prepare(checkpoints, key, store_id), to_id, key is not None)
+    rows_iter = iter(rows)
+    row, malformed = _next_row(rows_iter)
+    while row is not None:
+        following, malformed_next = _next_row(rows_iter)
+        fault = walk.step(row, following)
+        if fault:
+            return walk.verdict(fault)
+        row, malformed = following, malformed_next
+    if malformed:
+        return walk.verdict(walk.malformed(malformed))
+    return walk.verdict(walk.finish())
+
+
+def _next_row(rows: Iterator[Row]) -> tuple[Row | None, MalformedRow | None]:
+    try:
+        return next(rows, None), None
+    except MalformedRow as exc:
+        return None, exc
+
+
+def _prepare(
+    checkpoints: Iterable[dict[str, Any]], key: Ed25519PublicKey | None, store_id: str | None
+) -> Iterator[_Checkpoint]:
+    """Each checkpoint with its verdict-independent problem, checked lazily, in order."""
+    position = -(2**63)
+    for checkpoint in checkpoints:
+        last_id = checkpoint.get("last_id")
+        seq = checkpoint.get("seq")
+        label = f"#{seq}" if seq is not None else f"for id {last_id}"
+        problem = _checkpoint_problem(checkpoint, label, key, store_id)
+        if type(last_id) is int:
+            if last_id < position:
+                raise ValueError("checkpoints must come sorted by last_id")
+            position = last_id
+        named = last_id if type(last_id) is int else None
+        yield _Checkpoint(label, position, named, str(checkpoint.get("hash")), problem)
+
+
+def _checkpoint_problem(
+    checkpoint: dict[str, Any], label: str, key: Ed25519PublicKey | None, store_id: str | None
+) -> str | None:
+    fields = [checkpoint.get(name) for name in ("store_id", "last_id", "hash", "timestamp")]
+    malformed = _checkpoint_fields_problem(*fields)
+    if malformed or type(checkpoint.get("signature")) is not str:
+        return f"bad signature: checkpoint {label} is malformed ({malformed or 'no signature'})"
+    if store_id is not None and fields[0] != store_id:
+        return (
+            f"bad signature: foreign checkpoint {label} (store {fields[0]}, "
+            f"not this store's {store_id})"
+        )
+    if key is not None and not _signature_valid(checkpoint, key):
+        return f"bad signature: checkpoint {label} does not verify with the given public key"
+    return None
+
+
+class _Walk:
+    """The verifier's state between rows: what the next row must chain from, and why."""
+
+    def __init__(
+        self,
+        anchor: bytes,
+        anchor_id: int | None,
+        checkpoints: Iterator[_Checkpoint],
+        to_id: int | None,
+        signatures_checked: bool,
+    ) -> None:
+        self.anchor, self.anchor_id, self.to_id = anchor, anchor_id, to_id
+        self.signatures_checked = signatures_checked
+        self.checkpoints = checkpoints
+        self.head: _Checkpoint | None = next(checkpoints, None)
+        self.started = False
+        # The hash the next row must chain from, and the id it belongs to.
+        self.expected, self.last_id = anchor, anchor_id
+        # The last good row, the one before it, and the hash that row chained from.
+        self.verified_through: int | None = None
+        self.verified_before: int | None = None
+        self.last_prev: bytes | None = None
+        # The last id a checkpoint proved, and the first row after it.
+        self.proven_through: int | None = None
+        self.first_unproven: int | None = None
+        self.count = self.compared = self.outside = 0
+
+    def _pop(self) -> _Checkpoint:
+        checkpoint = self.head
+        assert checkpoint is not None
+        self.head = next(self.checkpoints, None)
+        return checkpoint
+
+    def _heads_before(self, id: int) -> Iterator[_Checkpoint]:
+        while self.head is not None and self.head.last_id < id:
+            yield self._pop()
+
+    def _fault(self, first_bad_id: int | None, reason: str) -> _Fault:
+        return _Fault(first_bad_id, reason, self.verified_through)
+
+    def _problem(self, checkpoint: _Checkpoint) -> _Fault | None:
+        if checkpoint.problem:
+            return self._fault(checkpoint.named_id, checkpoint.problem)
+        return None
+
+    def _start(self, first_id: int | None) -> _Fault | None:
+        """Checkpoints before the range: signatures only; one at the anchor: its hash too."""
+        self.started = True
+        start = self.anchor_id if self.anchor_id is not None else first_id
+        if start is None:
+            return None
+        for checkpoint in self._heads_before(start):
+            if fault := self._problem(checkpoint):
+                return fault
+            self.outside += 1
+        if self.anchor_id is not None:
+            return self._compare(self.anchor_id, self.anchor, f"the anchor (id {self.anchor_id})")
+        return None
+
+    def _compare(self, id: int, digest: bytes, what: str) -> _Fault | None:
+        """Every checkpoint for this id must hold this hash."""
+        while self.head is not None and self.head.last_id == id:
+            checkpoint = self._pop()
+            if fault := self._problem(checkpoint):
+                return fault
+            if checkpoint.hash != digest.hex():
+                first_bad = self.first_unproven if self.first_unproven is not None else id
+                return _Fault(
+                    first_bad,
+                    f"rewritten: {what} differs from checkpoint {checkpoint.label}: the chain "
+                    f"was recomputed after a change at or after id {first_bad}",
+                    self.proven_through,
+                )
+            self.compared += 1
+            self.proven_through, self.first_unproven = id, None
+        return None
+
+    def step(self, row: Row, following: Row | None) -> _Fault | None:
+        """Check one row; `following` (the next row, if any) tells an insertion from a gap."""
+        id, prev = row[0], row[5]
+        self.count += 1
+        if type(id) is not int:
+            return self._fault(None, f"changed: a row after id {self.last_id} has no integer id")
+        if not self.started and (fault := self._start(id)):
+            return fault
+        if self.last_id is not None and id <= self.last_id:
+            return self._fault(id, f"out of order: row {id} comes after {self._after()}")
+        if self.head is not None and self.head.last_id < id:
+            return self._lost_row(self._pop())
+        if problem := _row_problem(row):
+            return self._fault(id, f"changed: {problem}")
+        if prev != self.expected:
+            return self._broken_link(id, prev, following)
+        if self.first_unproven is None:
+            self.first_unproven = id
+        if fault := self._compare(id, row[6], f"row {id}'s hash"):
+            return fault
+        self.verified_before, self.verified_through = self.verified_through, id
+        self.expected, self.last_id, self.last_prev = row[6], id, prev
+        return None
+
+    def _lost_row(self, checkpoint: _Checkpoint) -> _Fault:
+        """A checkpoint names an id between the last good row and the next: that row is gone."""
+        return self._problem(checkpoint) or self._fault(
+            checkpoint.last_id,
+            f"missing: row {checkpoint.last_id}, named by checkpoint {checkpoint.label}, "
+            f"is gone (last good: {self._after()})",
+        )
+
+    def _broken_link(self, id: int, prev: bytes, following: Row | None) -> _Fault:
+        """An intact row that does not chain from the last good one: misplaced, or a gap."""
+        if self.last_prev is not None and prev == self.last_prev:
+            # Two rows chain from one hash: the last "good" row was slipped in before this one.
+            inserted = self.verified_through
+            return _Fault(
+                inserted,
+                f"inserted: row {inserted} was added (row {id} chains from the row before it)",
+                self.verified_before,
+            )
+        if following is not None and following[5] == self.expected:
+            # The next row carries on the chain, so this one does not belong here.
+            if type(following[0]) is int and following[0] < id:
+                return self._fault(id, f"out of order: row {id} comes before row {following[0]}")
+            return self._fault(
+                id, f"inserted: row {id} is not in the chain (row {following[0]} follows it)"
+            )
+        return self._fault(
+            id,
+            f"missing: rows between {self._after()} and id {id}: row {id} does not chain from "
+            "it (unless that was edited and its hash recomputed)",
+        )
+
+    def _after(self) -> str:
+        if self.verified_through is not None:
+            return f"id {self.verified_through}"
+        if self.anchor_id is not None:
+            return f"the anchor (id {self.anchor_id})"
+        return "the start"
+
+    def malformed(self, exc: MalformedRow) -> _Fault:
+        """A row that could not be read counts as checked, and as changed."""
+        self.count += 1
+        return self._fault(exc.id, f"changed: {exc}")
+
+    def finish(self) -> _Fault | None:
+        """After the last row: checkpoints past it name rows that are gone (or out of range)."""
+        if not self.started and (fault := self._start(None)):
+            return fault
+        while self.head is not None:
+            checkpoint = self._pop()
+            if fault := self._problem(checkpoint):
+                return fault
+            beyond_range = self.to_id is not None and checkpoint.last_id > self.to_id
+            if beyond_range or self.last_id is None:
+                self.outside += 1
+                continue
+            return self._fault(
+                checkpoint.last_id,
+                f"missing: rows after {self._after()} up to id {checkpoint.last_id} "
+                f"(checkpoint {checkpoint.label})",
+            )
+        return None
+
+    def verdict(self, fault: _Fault | None) -> Verdict:
+        """The verdict, from the first fault found or none."""
+        notes = [] if self.signatures_checked else [SIGNATURES_NOT_CHECKED]
+        if self.outside:
+            notes.append(
+                f"{self.outside} checkpoint(s) outside the rows read: not compared with rows"
+            )
+        return Verdict(
+            ok=fault is None,
+            verified_through=fault.verified_through if fault else self.verified_through,
+            first_bad_id=fault.first_bad_id if fault else None,
+            reason=fault.reason if fault else None,
+            count=self.count,
+            checkpoints_checked=self.compared,
+            signatures_checked=self.signatures_checked,
+            notes=tuple(notes),
+        )
+
+
+def _row_problem(row: Row) -> str | None:
+    """Why a row does not hash to its own stored hash, or None."""
+    id, user_id, action, timestamp, details, prev, stored = row
+    if not (_is_hash(prev) and _is_hash(stored)):
+        return f"row {id} has a prev_hash or hash that is not 32 bytes"
+    try:
+        text = canonical(id, user_id, action, timestamp, details)
+    except (TypeError, ValueError) as exc:
+        return f"row {id} cannot be hashed ({exc})"
+    if hashlib.sha256(prev + text).digest() != stored:
+        return f"row {id}'s content or hash was edited (its hash does not match)"
+    return None
+
+
+def _is_hash(value: object) -> bool:
+    return type(value) is bytes and len(value) == 32
+
+
+# --- exports -----------------------------------------------------------------------------
+
+_EXPORT_FIELDS = frozenset(("id", "user_id", "action", "timestamp", "details", "prev_hash", "hash"))
+
+
+def verify_export(
+    lines: Iterable[str | bytes],
+    checkpoint: dict[str, Any] | None = None,
+    public_key_b64: str | None = None,
+) -> Verdict:
+    """Check an NDJSON export made with chain=1; its first line's prev_hash is the anchor."""
+    checkpoints = [checkpoint] if checkpoint is not None else []
+    rows = _export_rows(lines)
+    try:
+        first = next(rows, None)
+    except MalformedRow as exc:
+        # No anchor to start from: the verifier meets the bad line first and says so.
+        return verify_chain(_raise(exc), ZERO_HASH, checkpoints, public_key_b64)
+    # An empty export is an empty chain from the start: a checkpoint then names lost rows.
+    anchor, anchor_id = (first[5], None) if first else (ZERO_HASH, 0)
+    return verify_chain(
+        itertools.chain([first] if first else [], rows),
+        anchor,
+        checkpoints,
+        public_key_b64,
+        anchor_id=anchor_id,
+    )
+
+
+def _raise(exc: Exception) -> Iterator[Row]:
+    raise exc
+    yield  # a generator: raises when first read
+
+
+def _export_rows(lines: Iterable[str | bytes]) -> Iterator[Row]:
+    for number, line in enumerate(lines, 1):
+        yield _parse_export_line(number, line)
+
+
+def _parse_export_line(number: int, line: str | bytes) -> Row:
+    """One export line as a row; MalformedRow, naming the line, for anything else."""
+    if isinstance(line, bytes):
+        try:
+            line = line.decode("utf-8")
+        except UnicodeDecodeError:
+            raise MalformedRow(f"line {number} is not UTF-8 text") from None
+    line = line.removesuffix("\n")
+    # Strict, so that no one-character edit slips through as harmless white space.
+    if not line or line != line.strip():
+        raise MalformedRow(f"line {number} is blank or padded with white space")
+    try:
+        fields = json.loads(line, object_pairs_hook=_unique_keys)
+    except ValueError as exc:
+        raise MalformedRow(f"line {number} is not a JSON object ({exc})") from None
+    if not isinstance(fields, dict):
+        raise MalformedRow(f"line {number} is not a JSON object")
+    id = fields.get("id") if type(fields.get("id")) is int else None
+    if fields.keys() != _EXPORT_FIELDS or id is None:
+        raise MalformedRow(f"line {number} lacks an integer id or has other fields", id)
+    prev, digest = _hex_hash(fields["prev_hash"]), _hex_hash(fields["hash"])
+    if prev is None or digest is None:
+        raise MalformedRow(f"line {number}: prev_hash and hash must be 64 lowercase hex", id)
+    user_id, action, timestamp, details = (
+        fields[name] for name in ("user_id", "action", "timestamp", "details")
+    )
+    return (id, user_id, action, timestamp, details, prev, digest)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    fields = dict(pairs)
+    if len(fields) != len(pairs):
+        raise ValueError("a field appears twice")
+    return fields
+
+
+def _hex_hash(value: object) -> bytes | None:
+    if type(value) is str and _HEX_HASH.fullmatch(value):
+        return bytes.fromhex(value)
+    return None
