@@ -21,6 +21,7 @@ from tracker.activity import ActivityInput
 from tracker.query import Query
 from tracker.service import ActivityService
 from tracker.store import MIGRATIONS, SCHEMA_VERSION, SQLiteStore
+from tracker.verify import verify_database
 
 from .conftest import Api, error_of
 from .servers import ROOT, free_port
@@ -345,7 +346,7 @@ def test_version_1_database_is_migrated(db_path: str) -> None:
     finally:
         service.close()
     conn = sqlite3.connect(db_path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     indexes = {
         r[0]
         for r in conn.execute(
@@ -357,6 +358,9 @@ def test_version_1_database_is_migrated(db_path: str) -> None:
     rows = conn.execute("SELECT user_id, id FROM activities_by_user ORDER BY id").fetchall()
     assert rows == [("ann", 1), ("bob", 2), ("ann", 3), ("bob", 4)]
     conn.close()
+    # Rows from before the audit chain were chained at start, and the new one after them.
+    verdict = verify_database(db_path)
+    assert verdict.ok and verdict.verified_through == 4 and verdict.count == 4
 
 
 def test_retention_removes_user_index_entries_too(history: str) -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any, TypeVar
 
+from . import audit
 from .activity import Activity, ActivityInput
 from .query import Query, summarize_rows
 
@@ -76,6 +77,36 @@ MIGRATIONS = (
     INSERT INTO activities_by_user SELECT user_id, id FROM activities ORDER BY user_id, id;
     INSERT INTO meta SELECT 'indexed_id', coalesce(max(id), 0) FROM activities;
     """,
+    # Version 3: the audit chain (rows of older files are chained at start), its signed
+    # checkpoints, and what security monitoring keeps: rules, alerts, webhook deliveries.
+    """
+    ALTER TABLE activities ADD COLUMN prev_hash BLOB;
+    ALTER TABLE activities ADD COLUMN hash BLOB;
+    INSERT INTO meta VALUES ('chain_anchor', printf('%064d', 0)), ('chain_anchor_id', '0');
+    CREATE TABLE checkpoints (
+        seq INTEGER PRIMARY KEY,
+        store_id TEXT NOT NULL,
+        last_id INTEGER NOT NULL,
+        hash TEXT NOT NULL,
+        timestamp TEXT NOT NULL,
+        signature TEXT NOT NULL
+    );
+    CREATE TABLE rules (name TEXT PRIMARY KEY, body TEXT NOT NULL);
+    CREATE TABLE alerts (id INTEGER PRIMARY KEY, body TEXT NOT NULL);
+    CREATE TABLE deliveries (
+        id TEXT PRIMARY KEY,
+        alert_id INTEGER,
+        url TEXT NOT NULL,
+        body BLOB NOT NULL,
+        status TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        last_error TEXT,
+        last_status INTEGER,
+        next_attempt_at REAL NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX deliveries_pending ON deliveries (status) WHERE status = 'pending';
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 _COLUMNS = "id, user_id, action, timestamp, details, idem_key"
@@ -85,9 +116,11 @@ _INDEXED_COLUMNS = "u.id, u.user_id, a.action, a.timestamp, a.details, a.idem_ke
 # every statement in the prepared cache.
 _INSERT_SIZES = (256, 64, 16, 4, 1)
 _INSERTS = {
-    size: f"INSERT INTO activities ({_COLUMNS}) VALUES " + ",".join(["(?,?,?,?,?,?)"] * size)
+    size: f"INSERT INTO activities ({_COLUMNS}, prev_hash, hash) VALUES "
+    + ",".join(["(?,?,?,?,?,?,?,?)"] * size)
     for size in _INSERT_SIZES
 }
+CHAIN_CHUNK = 5000  # rows chained per step when an older file is brought up to version 3
 # Reads run on their own threads and connections, so a long summary never holds the IOLoop.
 READER_THREADS = 4
 # The writer waits this long for another connection's lock, then backs off and retries
@@ -187,7 +220,10 @@ class SQLiteStore:
             setup = self._connect()
             try:
                 self._migrate(setup)
+                self._chain_older_rows(setup)
                 self.store_id = self._meta(setup, "store_id")
+                # The hash the next stored activity chains from; only the writer moves it.
+                self._head = self._chain_head(setup)
                 # Rows with ids up to _indexed are in activities_by_user; _stored is the
                 # newest committed. Only the writer thread changes them.
                 self._indexed = int(self._meta(setup, "indexed_id"))
@@ -244,6 +280,34 @@ class SQLiteStore:
     @staticmethod
     def _meta(conn: sqlite3.Connection, key: str) -> str:
         return conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0]
+
+    def _chain_head(self, conn: sqlite3.Connection) -> bytes:
+        newest = conn.execute("SELECT hash FROM activities ORDER BY id DESC LIMIT 1").fetchone()
+        return newest[0] if newest else bytes.fromhex(self._meta(conn, "chain_anchor"))
+
+    def _chain_older_rows(self, conn: sqlite3.Connection) -> None:
+        """Give rows stored before version 3 their chain hashes, oldest first, in steps."""
+        # A step at a time, each committed: a crash resumes where it stopped.
+        while True:
+            first = conn.execute("SELECT min(id) FROM activities WHERE hash IS NULL").fetchone()[0]
+            if first is None:
+                return
+            before = conn.execute(
+                "SELECT hash FROM activities WHERE id < ? ORDER BY id DESC LIMIT 1", (first,)
+            ).fetchone()
+            prev = before[0] if before else bytes.fromhex(self._meta(conn, "chain_anchor"))
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM activities WHERE id >= ? ORDER BY id LIMIT ?",
+                (first, CHAIN_CHUNK),
+            ).fetchall()
+            activities = [_row_activity(row) for row in rows]
+            links = audit.chain_links(prev, activities)
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(
+                "UPDATE activities SET prev_hash = ?, hash = ? WHERE id = ?",
+                [(p, h, a.id) for (p, h), a in zip(links, activities, strict=True)],
+            )
+            conn.execute("COMMIT")
 
     # -- reads: each on a reader thread, with that thread's own connection --------------
 
@@ -470,10 +534,12 @@ class SQLiteStore:
             conn.execute(
                 "INSERT OR REPLACE INTO meta VALUES ('writer_checked_at', ?)", (str(time.time()),)
             )
+        activities = [a for job in claimed for a in job.activities]
+        # Chained here, in the order the rows are stored, in their own transaction.
+        links = audit.chain_links(self._head, activities)
         rows = [
-            (a.id, a.user_id, a.action, a.timestamp, a.details, a.key)
-            for job in claimed
-            for a in job.activities
+            (a.id, a.user_id, a.action, a.timestamp, a.details, a.key, prev, digest)
+            for a, (prev, digest) in zip(activities, links, strict=True)
         ]
         try:
             start = 0
@@ -496,6 +562,7 @@ class SQLiteStore:
         if rows:
             # Ids reach the queue in order, so the last row is the newest.
             self._stored = max(self._stored, rows[-1][0])
+            self._head = links[-1][1]
         for job in claimed:
             job.future.set_result(None)
 
@@ -539,18 +606,22 @@ class SQLiteStore:
         self, conn: sqlite3.Connection, cutoff: str | None, max_rows: int
     ) -> list[int]:
         """One retention step on the writer's connection: the ids it deleted."""
-        ids: list[int] = []
+        oldest = conn.execute(
+            "SELECT id, timestamp, hash FROM activities ORDER BY id LIMIT ?", (DELETE_CHUNK,)
+        ).fetchall()
+        # Always the oldest ids, in a run: what is left still chains from one anchor, even
+        # if the clock once stepped back.
+        count = 0
         if cutoff is not None:
-            # Through the time index, so a table with nothing old enough costs one seek.
-            sql = "SELECT id FROM activities WHERE timestamp < ? ORDER BY timestamp LIMIT ?"
-            ids = [r[0] for r in conn.execute(sql, (cutoff, DELETE_CHUNK))]
-        if not ids and max_rows:
+            while count < len(oldest) and oldest[count][1] < cutoff:
+                count += 1
+        if max_rows:
             excess = conn.execute("SELECT count(*) FROM activities").fetchone()[0] - max_rows
-            if excess > 0:
-                sql = "SELECT id FROM activities ORDER BY id LIMIT ?"
-                ids = [r[0] for r in conn.execute(sql, (min(excess, DELETE_CHUNK),))]
-        if not ids:
+            count = max(count, min(excess, len(oldest)))
+        if count <= 0:
             return []
+        ids = [row[0] for row in oldest[:count]]
+        last_id, last_hash = oldest[count - 1][0], oldest[count - 1][2]
         conn.execute("BEGIN IMMEDIATE")
         top = conn.execute("SELECT max(id) FROM activities").fetchone()[0]
         # Remember the high-water mark, so ids never restart even if every row goes.
@@ -558,6 +629,11 @@ class SQLiteStore:
             "UPDATE meta SET value = ? WHERE key = 'last_id' AND CAST(value AS INTEGER) < ?",
             (str(top), top),
         )
-        conn.executemany("DELETE FROM activities WHERE id = ?", [(i,) for i in ids])
+        # The last deleted hash becomes the anchor the first row left chains from.
+        conn.executemany(
+            "UPDATE meta SET value = ? WHERE key = ?",
+            [(last_hash.hex(), "chain_anchor"), (str(last_id), "chain_anchor_id")],
+        )
+        conn.execute("DELETE FROM activities WHERE id <= ?", (last_id,))
         conn.execute("COMMIT")
         return ids
