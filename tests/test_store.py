@@ -35,7 +35,7 @@ def run(coroutine: Any) -> Any:
 
 async def scanned(service: ActivityService, query: Query) -> list[int]:
     """The ids an export of `query` streams, in order."""
-    return [a.id async for chunk in service.scan(query) for a in chunk]
+    return [link.activity.id async for chunk in service.scan(query) for link in chunk]
 
 
 @pytest.fixture

@@ -15,9 +15,10 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
+from . import audit
 from .activity import Activity, ActivityInput, format_timestamp, now_timestamp
 from .query import Query, summarize
-from .store import SQLiteStore, WriteFailed
+from .store import Chained, SQLiteStore, WriteFailed
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,10 @@ class ActivityService:
         # Changes whenever the history does not carry over, so clients can tell a restart.
         self.store_id = store.store_id if store else uuid.uuid4().hex
         self._buffer: deque[Activity] = deque(maxlen=capacity)
+        # In memory, the chain links of the buffer's activities, in step with it (the store
+        # keeps its own on disk), and the hash the next one follows.
+        self._links: deque[tuple[bytes, bytes]] = deque(maxlen=capacity)
+        self._head = audit.ZERO_HASH
         # Idempotency keys of the activities in the buffer or on their way to the store,
         # with the future of their commit while it is under way (None once published).
         self._keys: dict[str, tuple[Activity, Future[None] | None]] = {}
@@ -233,6 +238,10 @@ class ActivityService:
                 if entry is not None and entry[0] is old:
                     del self._keys[old.key]
         buffer.extend(activities)
+        if self.store is None:
+            links = audit.chain_links(self._head, activities)
+            self._links.extend(links)
+            self._head = links[-1][1]
         self._published = max(self._published, activities[-1].id)
         for subscriber in self._subscribers:
             subscriber(activities)
@@ -266,10 +275,14 @@ class ActivityService:
         found.reverse()
         return found
 
-    async def scan(self, query: Query) -> AsyncIterator[list[Activity]]:
-        """What query() returns, in chunks, oldest first (for streaming exports)."""
+    async def scan(self, query: Query) -> AsyncIterator[list[Chained]]:
+        """What query() returns, with chain links, in chunks, oldest first (for exports)."""
         if self.store is None:
-            found = await self.query(query)
+            with self._lock:
+                pairs = list(zip(self._buffer, self._links, strict=True))
+            found = [Chained(a, *link) for a, link in pairs if query.matches(a)]
+            if query.limit is not None:
+                found = found[len(found) - query.limit :] if query.limit else []
             for start in range(0, len(found), self.chunk):
                 yield found[start : start + self.chunk]
             return
@@ -281,7 +294,7 @@ class ActivityService:
             self.store.scan_page(query, published, last, self.chunk)
         ):
             yield page
-            last = page[-1].id
+            last = page[-1].activity.id
 
     async def summary(self, query: Query, top: int) -> dict[str, Any]:
         """Totals, top actions and users, and the per-minute series of what matches."""

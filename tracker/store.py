@@ -14,7 +14,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from . import audit
 from .activity import Activity, ActivityInput
@@ -111,6 +111,7 @@ MIGRATIONS = (
 SCHEMA_VERSION = len(MIGRATIONS)
 _COLUMNS = "id, user_id, action, timestamp, details, idem_key"
 _INDEXED_COLUMNS = "u.id, u.user_id, a.action, a.timestamp, a.details, a.idem_key"
+_CHAIN_COLUMNS = "prev_hash, hash"
 # Rows go in with multi-row INSERTs of these sizes: one statement stores many rows while
 # the GIL is released (executemany takes it back for every row). A few fixed sizes keep
 # every statement in the prepared cache.
@@ -140,6 +141,14 @@ class WriteFailed(Exception):
     """A write was rolled back or dropped; nothing of it is in the file."""
 
 
+class Chained(NamedTuple):
+    """An activity with its chain link: the hash it follows, and its own."""
+
+    activity: Activity
+    prev_hash: bytes
+    hash: bytes
+
+
 def _row_activity(row: tuple) -> Activity:
     return Activity.create(row[0], ActivityInput(row[1], row[2], row[4]), row[3], row[5])
 
@@ -158,9 +167,11 @@ def _source(query: Query, max_id: int, indexed: int) -> tuple[str, list[Any]]:
         # Rows up to `indexed` are found through activities_by_user; the newer ones, at
         # most about INDEX_CHUNK, by their ids. SQLite merges the two in id order.
         rows = (
-            f"(SELECT {_COLUMNS} FROM activities WHERE id > ? AND user_id IN ({marks}) "
-            f"UNION ALL SELECT {_INDEXED_COLUMNS} FROM activities_by_user AS u "
-            f"JOIN activities AS a ON a.id = u.id WHERE u.user_id IN ({marks}) AND u.id <= ?)"
+            f"(SELECT {_COLUMNS}, {_CHAIN_COLUMNS} FROM activities "
+            f"WHERE id > ? AND user_id IN ({marks}) "
+            f"UNION ALL SELECT {_INDEXED_COLUMNS}, a.prev_hash, a.hash "
+            f"FROM activities_by_user AS u JOIN activities AS a ON a.id = u.id "
+            f"WHERE u.user_id IN ({marks}) AND u.id <= ?)"
         )
         args = [indexed, *users, *users, indexed]
     clauses = ["id <= ?"]
@@ -382,14 +393,14 @@ class SQLiteStore:
 
     def scan_page(
         self, query: Query, max_id: int, after_id: int, size: int
-    ) -> Future[list[Activity]]:
-        """Up to `size` matches with ids above `after_id`, oldest first (an export's page)."""
+    ) -> Future[list[Chained]]:
+        """Up to `size` matches with ids above `after_id`, oldest first, with their links."""
         source, args = _source(query, max_id, self._indexed)
-        sql = f"SELECT {_COLUMNS} FROM {source} AND id > ? ORDER BY id LIMIT ?"
+        sql = f"SELECT {_COLUMNS}, {_CHAIN_COLUMNS} FROM {source} AND id > ? ORDER BY id LIMIT ?"
 
-        def read(conn: sqlite3.Connection) -> list[Activity]:
+        def read(conn: sqlite3.Connection) -> list[Chained]:
             rows = conn.execute(sql, [*args, after_id, size]).fetchall()
-            return [_row_activity(row) for row in rows]
+            return [Chained(_row_activity(row), row[6], row[7]) for row in rows]
 
         return self._read(read)
 

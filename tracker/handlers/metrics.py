@@ -10,8 +10,9 @@ from datetime import UTC, datetime
 
 from tornado.iostream import StreamClosedError
 
-from ..activity import Activity, ActivityInput, ValidationError, check_text, encode_list
+from ..activity import ActivityInput, ValidationError, check_text, encode_list
 from ..service import ActivityService, IdempotencyConflict, Recorded, StoreUnavailable
+from ..store import Chained
 from . import params
 from .base import APIHandler
 from .errors import ApiError
@@ -134,37 +135,47 @@ def csv_safe(value: str | None) -> str:
     return "'" + value if value.startswith(FORMULA_PREFIXES) else value
 
 
-def csv_rows(activities: list[Activity]) -> bytes:
+def csv_rows(chunk: list[Chained], chain: bool) -> bytes:
     """CSV lines for a chunk of activities, each text cell neutralised."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
-    for a in activities:
-        writer.writerow(
-            (a.id, csv_safe(a.user_id), csv_safe(a.action), a.timestamp, csv_safe(a.details))
-        )
+    for a, prev_hash, digest in chunk:
+        row = [a.id, csv_safe(a.user_id), csv_safe(a.action), a.timestamp, csv_safe(a.details)]
+        writer.writerow(row + [prev_hash.hex(), digest.hex()] if chain else row)
     return out.getvalue().encode()
 
 
+def ndjson_lines(chunk: list[Chained], chain: bool) -> bytes:
+    """One JSON object per line; with the chain, each also has prev_hash and hash."""
+    if not chain:
+        return b"".join(link.activity.json + b"\n" for link in chunk)
+    return b"".join(
+        b'%s,"prev_hash":"%s","hash":"%s"}\n'
+        % (a.json[:-1], prev_hash.hex().encode(), digest.hex().encode())
+        for a, prev_hash, digest in chunk
+    )
+
+
 class ExportHandler(MetricsHandler):
-    """GET /api/metrics/export?format=csv|ndjson: every match, streamed in chunks."""
+    """GET /api/metrics/export?format=csv|ndjson[&chain=1]: every match, streamed in chunks."""
 
     async def get(self) -> None:
         args = self.request.arguments
         fmt = params.single(args, "format") or "csv"
         if fmt not in ("csv", "ndjson"):
             raise ApiError(400, "format must be csv or ndjson", "format")
+        chain = params.flag(args, "chain")
         query = params.query(args, default_limit=None, cap=None)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         media = "text/csv; charset=UTF-8" if fmt == "csv" else "application/x-ndjson"
         self.set_header("Content-Type", media)
         self.set_header("Content-Disposition", f'attachment; filename="activities-{stamp}.{fmt}"')
         if fmt == "csv":
-            self.write(",".join(EXPORT_COLUMNS).encode() + b"\r\n")
+            columns = EXPORT_COLUMNS + (("prev_hash", "hash") if chain else ())
+            self.write(",".join(columns).encode() + b"\r\n")
+        encode = csv_rows if fmt == "csv" else ndjson_lines
         async for chunk in self.service.scan(query):
-            if fmt == "csv":
-                self.write(csv_rows(chunk))
-            else:
-                self.write(b"\n".join(a.json for a in chunk) + b"\n")
+            self.write(encode(chunk, chain))
             try:
                 # Hand each chunk to the socket before making the next: memory stays flat.
                 await self.flush()

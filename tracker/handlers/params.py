@@ -40,6 +40,14 @@ def single(args: Arguments, name: str) -> str | None:
     return found[0] if found else None
 
 
+def flag(args: Arguments, name: str) -> bool:
+    """A 0/1 switch, off when absent."""
+    raw = single(args, name)
+    if raw not in (None, "0", "1"):
+        raise ApiError(400, f"{name} must be 0 or 1", name)
+    return raw == "1"
+
+
 def count(args: Arguments, name: str, default: int | None, cap: int | None) -> int | None:
     """A non-negative integer, clamped to `cap`; anything else is a 400."""
     raw = single(args, name)
