@@ -15,6 +15,7 @@ import tornado.httpserver
 import tornado.netutil
 
 from tracker.app import DASHBOARD_PATH, Tracker, build
+from tracker.audit import KeyFileError
 from tracker.config import Settings, load_settings
 from tracker.store import StoreError
 
@@ -62,7 +63,7 @@ async def main(settings: Settings) -> int:
     """Serve until SIGINT or SIGTERM, then stop cleanly and return 0."""
     try:
         tracker = build(settings)
-    except StoreError as exc:
+    except (StoreError, KeyFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     tune_gc()
@@ -86,6 +87,7 @@ async def main(settings: Settings) -> int:
             settings.host,
         )
     tracker.service.start_retention(settings.retention_days, settings.max_rows)
+    tracker.integrity.start()
     port = sockets[0].getsockname()[1]
     print(f"Activity tracker on {display_url(settings, port)}", flush=True)
     await first_signal()
@@ -121,13 +123,16 @@ async def shutdown(tracker: Tracker, server: tornado.httpserver.HTTPServer, time
     # close_all_connections() does not reach WebSockets: the hub closes them with 1001.
     tracker.hub.close_all()
     tracker.service.stop_retention()
+    tracker.integrity.stop()
     await tracker.lifecycle.drained(timeout)
     await asyncio.sleep(0.05)  # let the last answers and close frames reach the kernel
     try:
         await asyncio.wait_for(server.close_all_connections(), max(deadline - loop.time(), 0.1))
     except TimeoutError:
         logging.warning("stopping with connections still open")
-    # Commit what is queued; requests still waiting on it were answered above.
+    # Commit what is queued (requests still waiting on it were answered above), sign the
+    # head it leaves, and close.
+    await tracker.integrity.checkpoint()
     await asyncio.to_thread(tracker.service.close, max(deadline - loop.time(), 1.0))
 
 

@@ -21,11 +21,10 @@ import tornado.web
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
 
 from tracker.activity import ActivityInput
-from tracker.app import make_app
+from tracker.app import build
 from tracker.config import Settings
 from tracker.handlers import openapi
 from tracker.handlers.base import APIHandler
-from tracker.hub import LiveHub
 from tracker.service import ActivityService
 
 from .conftest import Api
@@ -193,11 +192,6 @@ def implemented_methods(handler: type) -> set[str]:
     return {m for m in HTTP_METHODS if getattr(handler, m) is not getattr(base, m)}
 
 
-@pytest.fixture
-def app(service: ActivityService, hub: LiveHub, settings: Settings, io_loop: Any) -> Any:
-    return make_app(service, hub, settings)
-
-
 async def fetch(
     client: AsyncHTTPClient,
     url: str,
@@ -245,7 +239,7 @@ def test_every_reference_resolves_and_every_schema_is_valid() -> None:
 
 
 def test_every_operation_documents_its_errors() -> None:
-    routes = app_routes(make_app(*_parts(Settings())))
+    routes = app_routes(build(Settings()).app)
     for path, method, op in operations():
         codes = set(op["responses"])
         assert {"404", "405"} <= codes, (method, path)
@@ -262,13 +256,8 @@ def test_every_operation_documents_its_errors() -> None:
                 assert ref == "#/components/schemas/Error", (method, path, code)
 
 
-def _parts(settings: Settings) -> tuple[ActivityService, LiveHub, Settings]:
-    service = ActivityService(settings.capacity)
-    return service, LiveHub(service), settings
-
-
 def test_every_route_is_documented_and_every_documented_path_is_routed() -> None:
-    routes = app_routes(make_app(*_parts(Settings())))
+    routes = app_routes(build(Settings()).app)
     assert set(routes) == set(DOCUMENT["paths"])
     for path, handler in routes.items():
         documented = {m for m in DOCUMENT["paths"][path] if m in HTTP_METHODS}
@@ -643,7 +632,7 @@ async def test_other_methods_are_a_documented_405(
 
 def _api_operations() -> Iterator[Any]:
     """The operations of API handlers: JSON answers, a body limit and the token."""
-    routes = app_routes(make_app(*_parts(Settings())))
+    routes = app_routes(build(Settings()).app)
     for path, method, _ in operations():
         if issubclass(routes[path], APIHandler):
             yield pytest.param(path, method.upper(), id=f"{method}-{path}")
@@ -664,7 +653,7 @@ async def test_a_body_over_the_limit_is_a_documented_413(
 
 
 @pytest.mark.gen_test
-@pytest.mark.settings(api_token=TOKEN)
+@pytest.mark.settings(api_token=TOKEN, db=True)  # with --db, so every endpoint has its part
 @pytest.mark.parametrize("path,method", list(_api_operations()) + [(LIVE, "GET")])
 async def test_a_missing_or_wrong_token_is_a_documented_401(
     http_client: AsyncHTTPClient, base_url: str, path: str, method: str

@@ -86,9 +86,8 @@ def test_db_path_is_used_exactly_as_given(tmp_path: Path, name: str) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
-    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(("-wal", "-shm"))) == [
-        name
-    ]
+    made = sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(("-wal", "-shm")))
+    assert made == [name, name + ".signing-key.pem"]
 
 
 @pytest.mark.parametrize(

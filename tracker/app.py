@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import tornado.web
 
+from .audit import KeyFileError, Signer
 from .config import Settings
-from .handlers import dashboard, health, live, metrics, openapi
+from .handlers import audit, dashboard, health, live, metrics, openapi
 from .handlers.base import NotFoundHandler
 from .handlers.dashboard import STATIC_DIR
 from .hub import LiveHub
+from .integrity import Integrity
 from .lifecycle import Lifecycle
 from .service import ActivityService
 from .store import SQLiteStore
@@ -26,21 +28,18 @@ class Tracker:
     service: ActivityService
     hub: LiveHub
     lifecycle: Lifecycle
-    app: tornado.web.Application
+    integrity: Integrity
+    app: tornado.web.Application = field(init=False)
 
 
-def make_app(
-    service: ActivityService,
-    hub: LiveHub,
-    settings: Settings,
-    lifecycle: Lifecycle | None = None,
-) -> tornado.web.Application:
-    """Build the Tornado application; run.py and every test use this."""
-    lifecycle = lifecycle or Lifecycle()
+def make_app(tracker: Tracker) -> tornado.web.Application:
+    """The Tornado application: every route, with the parts its handlers need."""
+    settings, service = tracker.settings, tracker.service
     handlers = [
         *metrics.routes(service, settings.max_body_size, settings.max_batch),
-        *live.routes(hub, settings.allowed_origins, settings.ws_max_clients),
-        *health.routes(service, lifecycle),
+        *live.routes(tracker.hub, settings.allowed_origins, settings.ws_max_clients),
+        *audit.routes(tracker.integrity, settings.max_body_size),
+        *health.routes(service, tracker.lifecycle),
         *dashboard.routes(),
         *openapi.routes(settings.max_body_size),
         # Last, not through the static_path setting, which puts three routes (/static/,
@@ -52,7 +51,7 @@ def make_app(
         default_handler_class=NotFoundHandler,
         default_handler_args={"max_body_size": settings.max_body_size},
         api_token=settings.api_token,
-        lifecycle=lifecycle,
+        lifecycle=tracker.lifecycle,
         websocket_max_message_size=settings.ws_max_message_size,
         websocket_ping_interval=settings.ws_ping_interval,
         websocket_ping_timeout=settings.ws_ping_interval,
@@ -61,8 +60,15 @@ def make_app(
 
 
 def build(settings: Settings) -> Tracker:
-    """Every part for the given settings; StoreError if --db is bad."""
-    store = SQLiteStore(settings.db) if settings.db else None
+    """Every part for the given settings; StoreError or KeyFileError when one cannot be made."""
+    store = signer = None
+    if settings.db:
+        store = SQLiteStore(settings.db)
+        try:
+            signer = Signer.load_or_create(settings.signing_key or settings.db + ".signing-key.pem")
+        except KeyFileError:
+            store.close()
+            raise
     service = ActivityService(
         settings.capacity, store=store, commit_timeout=settings.commit_timeout
     )
@@ -71,5 +77,7 @@ def build(settings: Settings) -> Tracker:
         max_backlog=settings.ws_max_backlog,
         max_backlog_bytes=settings.ws_max_backlog_bytes,
     )
-    lifecycle = Lifecycle()
-    return Tracker(settings, service, hub, lifecycle, make_app(service, hub, settings, lifecycle))
+    integrity = Integrity(service, signer, settings.checkpoint_interval)
+    tracker = Tracker(settings, service, hub, Lifecycle(), integrity)
+    tracker.app = make_app(tracker)
+    return tracker

@@ -37,6 +37,17 @@ class Settings:
         maximum=36_500,
     )
     max_rows: int = _opt(0, "with --db, keep at most this many activities; 0: no limit", minimum=0)
+    signing_key: str = _opt(
+        "",
+        "with --db, the Ed25519 key (PEM, PKCS#8) that signs checkpoints; created (mode 0600) "
+        "when missing; empty: the --db path with .signing-key.pem appended",
+    )
+    checkpoint_interval: float = _opt(
+        60.0,
+        "with --db, seconds between signed checkpoints of the audit chain (when it moved)",
+        minimum=1,
+        maximum=86_400,
+    )
     commit_timeout: float = _opt(
         5.0,
         "with --db, seconds a write waits for storage before it is refused (503, not stored)",

@@ -302,6 +302,17 @@ class ActivityService:
             return await asyncio.wrap_future(self.store.summary(query, self._published, top))
         return summarize(await self.query(query), top)
 
+    def chain_rows(self, from_id: int | None, to_id: int | None) -> tuple[list[audit.Row], bytes]:
+        """In memory: the buffer's rows with their links (within the range), and the anchor."""
+        with self._lock:
+            pairs = list(zip(self._buffer, self._links, strict=True))
+        rows = [
+            (a.id, a.user_id, a.action, a.timestamp, a.details, prev, digest)
+            for a, (prev, digest) in pairs
+            if (from_id is None or a.id >= from_id) and (to_id is None or a.id <= to_id)
+        ]
+        return rows, rows[0][5] if rows else self._head
+
     def position(self) -> tuple[int, int]:
         """(oldest id held in the buffer, newest id published)."""
         with self._lock:

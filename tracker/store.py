@@ -17,8 +17,10 @@ from itertools import chain
 from typing import Any, NamedTuple, TypeVar
 
 from . import audit
-from .activity import Activity, ActivityInput
+from .activity import Activity, ActivityInput, now_timestamp
+from .audit import Verdict
 from .query import Query, summarize_rows
+from .verify import verify_database
 
 # Rows per retention transaction: small, so ingest commits slip in between.
 DELETE_CHUNK = 500
@@ -131,6 +133,8 @@ BACKOFF_FIRST, BACKOFF_MAX = 0.05, 1.0
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# Signs (store_id, last_id, hash hex, timestamp) into a checkpoint: audit.Signer's method.
+Signing = Callable[[str, int, str, str], dict[str, Any]]
 
 
 class StoreError(Exception):
@@ -442,6 +446,32 @@ class SQLiteStore:
         self._queue.put(job)
         return job.future
 
+    def add_checkpoint(self, sign: Signing) -> Future[dict[str, Any] | None]:
+        """Sign the chain's head, if it moved since the last checkpoint; the checkpoint."""
+        job = _Chore(lambda conn: self._checkpoint_step(conn, sign))
+        self._queue.put(job)
+        return job.future
+
+    def checkpoints(self, limit: int) -> Future[list[dict[str, Any]]]:
+        """The newest `limit` checkpoints, oldest first."""
+
+        def read(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            rows = conn.execute(
+                "SELECT store_id, last_id, hash, timestamp, signature FROM checkpoints "
+                "ORDER BY seq DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+            keys = ("store_id", "last_id", "hash", "timestamp", "signature")
+            return [dict(zip(keys, row, strict=True)) for row in reversed(rows)]
+
+        return self._read(read)
+
+    def verify(
+        self, public_key: str | None, from_id: int | None, to_id: int | None
+    ) -> Future[Verdict]:
+        """Check the file's chain and checkpoints, on a reader thread, from one snapshot."""
+        return self._pool.submit(verify_database, self.path, public_key, from_id, to_id)
+
     def health(self) -> dict[str, Any]:
         """The writer's state for /readyz: ok, error, queue depth, seconds since a commit."""
         return {
@@ -612,6 +642,22 @@ class SQLiteStore:
                 conn.execute("ROLLBACK")
             return
         self._indexed = top
+
+    def _checkpoint_step(self, conn: sqlite3.Connection, sign: Signing) -> dict[str, Any] | None:
+        """On the writer, so the head it signs is the one stored."""
+        newest = conn.execute("SELECT id, hash FROM activities ORDER BY id DESC LIMIT 1").fetchone()
+        latest = conn.execute("SELECT max(last_id) FROM checkpoints").fetchone()[0]
+        if newest is None or newest[0] == latest:
+            return None
+        checkpoint = sign(self.store_id, newest[0], newest[1].hex(), now_timestamp())
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(
+            "INSERT INTO checkpoints (store_id, last_id, hash, timestamp, signature) "
+            "VALUES (:store_id, :last_id, :hash, :timestamp, :signature)",
+            checkpoint,
+        )
+        conn.execute("COMMIT")
+        return checkpoint
 
     def _delete_step(
         self, conn: sqlite3.Connection, cutoff: str | None, max_rows: int
