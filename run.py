@@ -14,10 +14,8 @@ import sys
 import tornado.httpserver
 import tornado.netutil
 
-from tracker.app import DASHBOARD_PATH, Tracker, build
-from tracker.audit import KeyFileError
+from tracker.app import DASHBOARD_PATH, StartError, Tracker, build
 from tracker.config import Settings, load_settings
-from tracker.store import StoreError
 
 # A body up to this many times --max-body-size is read and refused with a JSON 413;
 # beyond it Tornado drops the connection with a bare 400 before reading it.
@@ -63,7 +61,7 @@ async def main(settings: Settings) -> int:
     """Serve until SIGINT or SIGTERM, then stop cleanly and return 0."""
     try:
         tracker = build(settings)
-    except (StoreError, KeyFileError) as exc:
+    except StartError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     tune_gc()
@@ -86,8 +84,7 @@ async def main(settings: Settings) -> int:
             "and record activities",
             settings.host,
         )
-    tracker.service.start_retention(settings.retention_days, settings.max_rows)
-    tracker.integrity.start()
+    tracker.start()
     port = sockets[0].getsockname()[1]
     print(f"Activity tracker on {display_url(settings, port)}", flush=True)
     await first_signal()
@@ -122,9 +119,8 @@ async def shutdown(tracker: Tracker, server: tornado.httpserver.HTTPServer, time
     server.stop()
     # close_all_connections() does not reach WebSockets: the hub closes them with 1001.
     tracker.hub.close_all()
-    tracker.service.stop_retention()
-    tracker.integrity.stop()
-    await tracker.lifecycle.drained(timeout)
+    await tracker.stop_background()
+    await tracker.lifecycle.drained(max(deadline - loop.time(), 0))
     await asyncio.sleep(0.05)  # let the last answers and close frames reach the kernel
     try:
         await asyncio.wait_for(server.close_all_connections(), max(deadline - loop.time(), 0.1))

@@ -61,8 +61,8 @@ def server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
 
 
 @pytest.fixture
-def tracker(settings: Settings) -> Iterator[Tracker]:
-    """Every part, wired as run.py wires them."""
+def tracker(settings: Settings, io_loop: Any) -> Iterator[Tracker]:
+    """Every part, wired as run.py wires them, on the test's IOLoop."""
     parts = build(settings)
     yield parts
     parts.service.close()

@@ -48,6 +48,11 @@ class Settings:
         minimum=1,
         maximum=86_400,
     )
+    rules: str = _opt("", "alert rules loaded at start: a JSON array, or TOML [[rules]] tables")
+    webhook_url: tuple[str, ...] = _opt(
+        (), "POST each alert, signed (Standard Webhooks), to this URL; repeatable"
+    )
+    webhook_secret: str = _opt("", "the webhooks' signing secret: whsec_ and base64")
     commit_timeout: float = _opt(
         5.0,
         "with --db, seconds a write waits for storage before it is refused (503, not stored)",

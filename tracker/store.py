@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
@@ -258,6 +259,8 @@ class SQLiteStore:
         # last commit happened (monotonic seconds).
         self.failure: str | None = None
         self.last_commit = time.monotonic()
+        # Told how long each group commit took (seconds), on the writer thread.
+        self.observe_commit: Callable[[float], None] | None = None
         self._writer = threading.Thread(target=self._write_loop, name="sqlite-writer", daemon=True)
         self._writer.start()
 
@@ -452,6 +455,77 @@ class SQLiteStore:
         self._queue.put(job)
         return job.future
 
+    # -- what monitoring keeps: rules, alerts, webhook deliveries ---------------------------
+
+    def save_rule(self, name: str, body: dict[str, Any] | None) -> Future[Any]:
+        """Create or replace a rule (None deletes it)."""
+        if body is None:
+            return self._write("DELETE FROM rules WHERE name = ?", (name,))
+        return self._write("INSERT OR REPLACE INTO rules VALUES (?, ?)", (name, json.dumps(body)))
+
+    def save_alert(self, alert: dict[str, Any]) -> Future[Any]:
+        """Keep an alert."""
+        return self._write(
+            "INSERT OR REPLACE INTO alerts VALUES (?, ?)", (alert["id"], json.dumps(alert))
+        )
+
+    def save_delivery(self, row: dict[str, Any]) -> Future[Any]:
+        """Create or update a webhook delivery (its fields by column name)."""
+        columns = ",".join(row)
+        marks = ",".join(f":{name}" for name in row)
+        return self._write(f"INSERT OR REPLACE INTO deliveries ({columns}) VALUES ({marks})", row)
+
+    def rules(self) -> list[dict[str, Any]]:
+        """Every kept rule's body (at start, so it blocks)."""
+        rows = self._read(lambda conn: conn.execute("SELECT body FROM rules").fetchall()).result()
+        return [json.loads(row[0]) for row in rows]
+
+    def newest_alerts(self, limit: int) -> tuple[list[dict[str, Any]], int]:
+        """The newest `limit` alerts, oldest first, and the largest alert id (blocks)."""
+
+        def read(conn: sqlite3.Connection) -> tuple[list[dict[str, Any]], int]:
+            sql = "SELECT body FROM alerts ORDER BY id DESC LIMIT ?"
+            rows = conn.execute(sql, (limit,)).fetchall()
+            top = conn.execute("SELECT coalesce(max(id), 0) FROM alerts").fetchone()[0]
+            return [json.loads(row[0]) for row in reversed(rows)], top
+
+        return self._read(read).result()
+
+    def deliveries(self, limit: int) -> list[dict[str, Any]]:
+        """Every pending delivery and the newest `limit` others, oldest first (blocks)."""
+
+        def read(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            conn.row_factory = sqlite3.Row
+            try:
+                rows = conn.execute(
+                    "SELECT * FROM deliveries WHERE status = 'pending' UNION "
+                    "SELECT * FROM (SELECT * FROM deliveries ORDER BY created_at DESC LIMIT ?) "
+                    "ORDER BY created_at",
+                    (limit,),
+                ).fetchall()
+            finally:
+                conn.row_factory = None
+            return [dict(row) for row in rows]
+
+        return self._read(read).result()
+
+    def _write(self, sql: str, args: Any) -> Future[Any]:
+        """One statement in a transaction of its own on the writer (a record, not a row)."""
+
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(sql, args)
+            conn.execute("COMMIT")
+
+        job = _Chore(run)
+        job.future.add_done_callback(self._log_failure)
+        self._queue.put(job)
+        return job.future
+
+    def _log_failure(self, future: Future[Any]) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            log.warning("database %s: not saved: %s", self.path, future.exception())
+
     def checkpoints(self, limit: int) -> Future[list[dict[str, Any]]]:
         """The newest `limit` checkpoints, oldest first."""
 
@@ -566,6 +640,7 @@ class SQLiteStore:
         """One group commit of every waiting append; with none, a probe write."""
         # Taking the lock first: if it fails, nothing has been claimed and every write
         # keeps waiting (or is cancelled by its request's timeout).
+        began = time.perf_counter()
         conn.execute("BEGIN IMMEDIATE")
         claimed = [job for job in self._waiting if job.future.set_running_or_notify_cancel()]
         self._waiting = []
@@ -600,6 +675,8 @@ class SQLiteStore:
             log.warning("database %s: writing again", self.path)
         self.failure = None
         self.last_commit = time.monotonic()
+        if self.observe_commit is not None and rows:
+            self.observe_commit(time.perf_counter() - began)
         if rows:
             # Ids reach the queue in order, so the last row is the newest.
             self._stored = max(self._stored, rows[-1][0])
