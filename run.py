@@ -10,12 +10,15 @@ import os
 import resource
 import signal
 import sys
+from collections.abc import Callable
+from dataclasses import replace
 
 import tornado.httpserver
 import tornado.netutil
 
 from tracker.app import DASHBOARD_PATH, StartError, Tracker, build
 from tracker.config import Settings, load_settings
+from tracker.workers import reserve_port, supervise
 
 # A body up to this many times --max-body-size is read and refused with a JSON 413;
 # beyond it Tornado drops the connection with a bare 400 before reading it.
@@ -57,7 +60,7 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 10, 10)
 
 
-async def main(settings: Settings) -> int:
+async def main(settings: Settings, ready: Callable[[], None] | None = None) -> int:
     """Serve until SIGINT or SIGTERM, then stop cleanly and return 0."""
     try:
         tracker = build(settings)
@@ -69,7 +72,11 @@ async def main(settings: Settings) -> int:
         tracker.app, max_body_size=settings.max_body_size * HARD_BODY_FACTOR, xheaders=False
     )
     try:
-        sockets = tornado.netutil.bind_sockets(settings.port, settings.host)
+        # With workers, each binds the port with SO_REUSEPORT and the kernel spreads
+        # connections over them.
+        sockets = tornado.netutil.bind_sockets(
+            settings.port, settings.host, reuse_port=settings.workers > 1
+        )
     except OSError as exc:
         print(
             f"error: cannot listen on {settings.host}:{settings.port}: {exc.strerror}",
@@ -84,12 +91,16 @@ async def main(settings: Settings) -> int:
             "and record activities",
             settings.host,
         )
-    tracker.start()
-    port = sockets[0].getsockname()[1]
-    print(f"Activity tracker on {display_url(settings, port)}", flush=True)
+    await tracker.start()
+    if ready is not None:
+        ready()
+    else:
+        port = sockets[0].getsockname()[1]
+        print(f"Activity tracker on {display_url(settings, port)}", flush=True)
     await first_signal()
     await shutdown(tracker, server, settings.shutdown_timeout)
-    print("Stopped.", flush=True)
+    if ready is None:
+        print("Stopped.", flush=True)
     return 0
 
 
@@ -128,11 +139,43 @@ async def shutdown(tracker: Tracker, server: tornado.httpserver.HTTPServer, time
         logging.warning("stopping with connections still open")
     # Commit what is queued (requests still waiting on it were answered above), sign the
     # head it leaves, and close.
-    await tracker.integrity.checkpoint()
-    await asyncio.to_thread(tracker.service.close, max(deadline - loop.time(), 1.0))
+    await tracker.close(max(deadline - loop.time(), 1.0))
 
 
-def run(settings: Settings) -> int:
+def serve(settings: Settings) -> int:
+    """One process, or --workers processes sharing the port."""
+    if settings.workers > 1 and not settings.redis:
+        print(
+            "error: --workers above 1 needs --redis (the processes share its log)", file=sys.stderr
+        )
+        return 2
+    if settings.workers == 1:
+        return run(settings)
+    try:
+        reserved = reserve_port(settings.host, settings.port)
+    except OSError as exc:
+        print(
+            f"error: cannot listen on {settings.host}:{settings.port}: {exc.strerror}",
+            file=sys.stderr,
+        )
+        return 2
+    # Port 0 becomes one free port, the same for every worker.
+    settings = replace(settings, port=reserved.getsockname()[1])
+
+    def worker(ready: Callable[[], None]) -> int:
+        reserved.close()
+        return run(settings, ready)
+
+    def announce() -> None:
+        url = display_url(settings, settings.port)
+        print(f"Activity tracker ({settings.workers} workers) on {url}", flush=True)
+
+    code = supervise(settings.workers, worker, on_ready=announce)
+    print("Stopped.", flush=True)
+    return code
+
+
+def run(settings: Settings, ready: Callable[[], None] | None = None) -> int:
     """Run main() on the chosen event loop: uvloop when asked for, or when installed."""
     try:
         import uvloop
@@ -145,8 +188,8 @@ def run(settings: Settings) -> int:
         )
         return 2
     if settings.loop == "asyncio" or uvloop is None:
-        return asyncio.run(main(settings))
-    return uvloop.run(main(settings))
+        return asyncio.run(main(settings, ready))
+    return uvloop.run(main(settings, ready))
 
 
 if __name__ == "__main__":
@@ -156,4 +199,4 @@ if __name__ == "__main__":
     access = logging.INFO if settings.access_log else logging.WARNING
     logging.getLogger("tornado.access").setLevel(access)
     raise_file_limit()
-    sys.exit(run(settings))
+    sys.exit(serve(settings))

@@ -5,11 +5,13 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -51,14 +53,19 @@ def server_log(proc: subprocess.Popen) -> str:
 
 
 class Server:
-    """`python run.py` on a free port, over a database file, restartable."""
+    """`python run.py` on a free port (over a database file when `db` is given), restartable."""
 
-    def __init__(self, db: str, *extra: str) -> None:
-        self.db, self.extra, self.port = db, extra, free_port()
+    def __init__(self, db: str | None, *extra: str, port: int | None = None) -> None:
+        self.db, self.extra, self.port = db, extra, port or free_port()
         self.proc: subprocess.Popen | None = None
 
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
     def start(self) -> Server:
-        self.proc, _ = start("--port", str(self.port), "--db", self.db, *self.extra)
+        database = ["--db", self.db] if self.db else []
+        self.proc, _ = start("--port", str(self.port), *database, *self.extra)
         return self
 
     def request(self, method: str, path: str, body: Any = None, headers: dict | None = None):
@@ -106,3 +113,51 @@ def server(db_path: str) -> Any:
         if each.proc is not None:
             each.proc.kill()
             each.proc.wait()
+
+
+class RedisServer:
+    """A private redis-server on a free port, in memory only; can stop and start (empty)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> RedisServer:
+        self.proc = subprocess.Popen(
+            [
+                REDIS_SERVER,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.directory),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn:
+                    conn.sendall(b"PING\r\n")
+                    if conn.recv(16).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                time.sleep(0.02)
+        raise AssertionError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()  # by its pid; with --save '' nothing survives
+            self.proc.wait()
+            self.proc = None
+
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"

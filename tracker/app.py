@@ -2,26 +2,27 @@
 
 from __future__ import annotations
 
-import dataclasses
+import asyncio
 from dataclasses import dataclass, field
-from typing import Any
 
 import tornado.web
 
 from .alerts.monitor import Monitor
 from .alerts.rules import Rule, RuleError, load_rules_file
-from .alerts.webhooks import WebhookDispatcher
 from .audit import KeyFileError, Signer
 from .config import Settings
 from .handlers import alerts, audit, dashboard, health, live, metrics, openapi, prometheus
 from .handlers.base import NotFoundHandler
 from .handlers.dashboard import STATIC_DIR
-from .hub import LiveHub
+from .hub import CLOSE_STORE_CHANGED, LiveHub
 from .integrity import Integrity
 from .lifecycle import Lifecycle
 from .metrics import Metrics
 from .service import ActivityService
 from .store import SQLiteStore, StoreError
+from .streams.leader import Leader, SharedMonitor
+from .streams.redis import RedisLog
+from .streams.redis_service import RedisService
 
 DASHBOARD_PATH = "/api/ui-dashboard/metrics-dashboard-ui"
 
@@ -41,21 +42,45 @@ class Tracker:
     integrity: Integrity
     metrics: Metrics
     monitor: Monitor
+    # With --redis: the process that leads archives, runs the rules and sends webhooks.
+    leader: Leader | None = None
     app: tornado.web.Application = field(init=False)
 
-    def start(self) -> None:
-        """Start the background work: retention, checkpoints, webhooks; on the IOLoop."""
-        self.service.start_retention(self.settings.retention_days, self.settings.max_rows)
-        self.integrity.start()
+    async def start(self) -> None:
+        """Start the background work (on the IOLoop): following Redis, upkeep, webhooks."""
+        if isinstance(self.service, RedisService) and isinstance(self.monitor, SharedMonitor):
+            await self.service.start()
+            await self.monitor.start()
+        if self.leader is not None:
+            self.leader.start()  # retention and checkpoints start when it leads
+        else:
+            self._upkeep(True)
         if self.monitor.dispatcher is not None:
             self.monitor.dispatcher.start()
 
+    def _upkeep(self, on: bool) -> None:
+        """Retention and checkpoints of the --db file: in one process at a time."""
+        if on:
+            self.service.start_retention(self.settings.retention_days, self.settings.max_rows)
+            self.integrity.start()
+        else:
+            self.service.stop_retention()
+            self.integrity.stop()
+
     async def stop_background(self) -> None:
-        """Stop retention, periodic checkpoints and webhook sending (pending ones are kept)."""
-        self.service.stop_retention()
-        self.integrity.stop()
+        """Stop upkeep, leading and webhook sending (pending deliveries are kept)."""
+        self._upkeep(False)
+        if self.leader is not None:
+            await self.leader.stop()
         if self.monitor.dispatcher is not None:
             await self.monitor.dispatcher.stop()
+
+    async def close(self, timeout: float) -> None:
+        """Sign the head, commit what is queued, close the file and Redis's connections."""
+        await self.integrity.checkpoint()
+        if isinstance(self.service, RedisService):
+            await self.service.stop()
+        await asyncio.to_thread(self.service.close, timeout)
 
 
 def make_app(tracker: Tracker) -> tornado.web.Application:
@@ -99,11 +124,15 @@ def build(settings: Settings) -> Tracker:
             if store is not None:
                 store.close()
             raise StartError(str(exc)) from None
-    service = ActivityService(
-        settings.capacity, store=store, commit_timeout=settings.commit_timeout
-    )
-    metrics = Metrics()
-    service.subscribe(metrics.count_recorded)
+    service: ActivityService
+    if settings.redis:
+        shared = RedisLog(settings.redis, settings.redis_prefix, capacity=settings.capacity)
+        service = RedisService(shared, settings.capacity, archive=store)
+    else:
+        service = ActivityService(
+            settings.capacity, store=store, commit_timeout=settings.commit_timeout
+        )
+    metrics = Metrics(service)
     if store is not None:
         store.observe_commit = metrics.commit_seconds.observe
     hub = LiveHub(
@@ -112,12 +141,22 @@ def build(settings: Settings) -> Tracker:
         max_backlog_bytes=settings.ws_max_backlog_bytes,
     )
     metrics.live_clients.set_function(lambda: hub.client_count)
-    # After the hub: each alert reaches live clients after the activity that fired it.
-    monitor = Monitor(
-        service, hub, metrics, rules=rules, dispatcher=_dispatcher(settings, store, metrics)
-    )
+    if settings.webhook_url and not settings.webhook_secret:
+        raise StartError("--webhook-url needs --webhook-secret (whsec_ and base64)")
+    hooks = {"webhook_urls": settings.webhook_url, "webhook_secret": settings.webhook_secret}
+    try:
+        # After the hub: each alert reaches live clients after the activity that fired it.
+        if isinstance(service, RedisService):
+            monitor: Monitor = SharedMonitor(service, hub, metrics, rules=rules, **hooks)
+        else:
+            monitor = Monitor(service, hub, metrics, rules=rules, **hooks)
+    except ValueError as exc:
+        raise StartError(str(exc)) from None
     integrity = Integrity(service, signer, settings.checkpoint_interval)
     tracker = Tracker(settings, service, hub, Lifecycle(), integrity, metrics, monitor)
+    if isinstance(service, RedisService) and isinstance(monitor, SharedMonitor):
+        service.on_reset = lambda: hub.close_all(CLOSE_STORE_CHANGED, "store changed")
+        tracker.leader = Leader(service, monitor, archive=store, on_lead=tracker._upkeep)
     tracker.app = make_app(tracker)
     return tracker
 
@@ -127,27 +166,3 @@ def _rules(settings: Settings) -> list[Rule]:
         return load_rules_file(settings.rules) if settings.rules else []
     except RuleError as exc:
         raise StartError(exc.message) from None
-
-
-def _dispatcher(
-    settings: Settings, store: SQLiteStore | None, metrics: Metrics
-) -> WebhookDispatcher | None:
-    """Signed webhook delivery when --webhook-url is given; pending ones kept with --db."""
-    if not settings.webhook_url:
-        return None
-    if not settings.webhook_secret:
-        raise StartError("--webhook-url needs --webhook-secret (whsec_ and base64)")
-
-    def persist(delivery: Any) -> None:
-        if store is not None:
-            store.save_delivery(dataclasses.asdict(delivery))
-
-    try:
-        return WebhookDispatcher(
-            settings.webhook_url,
-            settings.webhook_secret,
-            persist=persist,
-            on_outcome=lambda outcome: metrics.deliveries.labels(outcome).inc(),
-        )
-    except ValueError as exc:
-        raise StartError(str(exc)) from None

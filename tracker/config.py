@@ -48,6 +48,15 @@ class Settings:
         minimum=1,
         maximum=86_400,
     )
+    redis: str = _opt(
+        "",
+        "redis://HOST:PORT/DB: share ids, history, idempotency keys and the live feed with "
+        "every process on the same Redis and prefix",
+    )
+    redis_prefix: str = _opt("tracker:", "prefix of every Redis key this tracker uses")
+    workers: int = _opt(
+        1, "processes serving the port (SO_REUSEPORT); more than 1 needs --redis", maximum=256
+    )
     rules: str = _opt("", "alert rules loaded at start: a JSON array, or TOML [[rules]] tables")
     webhook_url: tuple[str, ...] = _opt(
         (), "POST each alert, signed (Standard Webhooks), to this URL; repeatable"

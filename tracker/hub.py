@@ -18,6 +18,8 @@ from .service import ActivityService
 # Close code for a client whose backlog passed the bound (4000-4999: application codes).
 CLOSE_TOO_SLOW = 4008
 CLOSE_GOING_AWAY = 1001
+# Redis lost the log the client follows: reconnect, and resume (or start over).
+CLOSE_STORE_CHANGED = 1012
 # Under load, batches go out at most this often (seconds); light traffic goes at once.
 FLUSH_INTERVAL = 0.005
 

@@ -2,15 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
-from .activity import Activity
+from .service import ActivityService
 
 # Commits take about a millisecond on an idle SSD; a stuck lock holds them for seconds.
 COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class _Recorded(Collector):
+    """tracker_activities_recorded_total, read from the service when scraped."""
+
+    def __init__(self, service: ActivityService) -> None:
+        self.service = service
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(
+            "tracker_activities_recorded",
+            "Activities recorded by this process.",
+            value=self.service.recorded_total,
+        )
 
 
 class Metrics:
@@ -18,12 +34,10 @@ class Metrics:
 
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self) -> None:
+    def __init__(self, service: ActivityService) -> None:
         # A registry of its own: the default one is global, and tests build many apps.
         self.registry = CollectorRegistry()
-        self.recorded = Counter(
-            "tracker_activities_recorded", "Activities recorded.", registry=self.registry
-        )
+        self.registry.register(_Recorded(service))
         self.live_clients = Gauge(
             "tracker_live_clients", "Live WebSocket clients connected.", registry=self.registry
         )
@@ -42,10 +56,6 @@ class Metrics:
             buckets=COMMIT_BUCKETS,
             registry=self.registry,
         )
-
-    def count_recorded(self, activities: Sequence[Activity]) -> None:
-        """A service subscriber: every published activity counts once."""
-        self.recorded.inc(len(activities))
 
     def forget_rule(self, name: str) -> None:
         """Drop a deleted rule's series, so rule labels stay bounded."""

@@ -76,6 +76,8 @@ class ActivityService:
         self._subscribers: list[Subscriber] = []
         self._stopping = False
         self._retention: asyncio.Task[None] | None = None
+        # Activities this process recorded (not those it only heard of), for /metrics.
+        self.recorded_total = 0
         self._last_id = self._published = store.last_id if store is not None else 0
         if store is not None:
             self._publish(store.newest(capacity).result())
@@ -177,6 +179,7 @@ class ActivityService:
         if self.store is None:
             self._remember_keys(new, None)
             self._publish(new)
+            self.recorded_total += len(new)
             return result, fresh, None
         durable = self.store.append(new)
         self._remember_keys(new, durable)
@@ -204,6 +207,7 @@ class ActivityService:
                 return
             self._remember_keys(activities, None)
             self._publish(activities)
+            self.recorded_total += len(activities)
 
     async def _until_durable(self, durable: Future[None]) -> None:
         """Wait up to commit_timeout; then cancel, so that a 503 means "not stored"."""
@@ -226,6 +230,14 @@ class ActivityService:
         """Keep, in id order, and tell subscribers; under the lock."""
         if not activities:
             return
+        self._keep(activities)
+        for subscriber in self._subscribers:
+            subscriber(activities)
+
+    def _keep(self, activities: Sequence[Activity]) -> None:
+        """Add to the buffer (and, in memory, to the chain), in id order; under the lock."""
+        if not activities:
+            return
         buffer = self._buffer
         overflow = len(buffer) + len(activities) - self.capacity
         if overflow > 0 and self._keys:
@@ -243,8 +255,6 @@ class ActivityService:
             self._links.extend(links)
             self._head = links[-1][1]
         self._published = max(self._published, activities[-1].id)
-        for subscriber in self._subscribers:
-            subscriber(activities)
 
     # -- reading -----------------------------------------------------------------------
 
@@ -286,13 +296,17 @@ class ActivityService:
             for start in range(0, len(found), self.chunk):
                 yield found[start : start + self.chunk]
             return
-        published = self._published
-        last = await asyncio.wrap_future(self.store.scan_start(query, published))
+        async for page in self._scan_store(self.store, query, self._published):
+            yield page
+
+    async def _scan_store(
+        self, store: SQLiteStore, query: Query, max_id: int
+    ) -> AsyncIterator[list[Chained]]:
+        """The store's matches up to max_id, a page at a time."""
+        last = await asyncio.wrap_future(store.scan_start(query, max_id))
         if query.limit == 0:
             return
-        while page := await asyncio.wrap_future(
-            self.store.scan_page(query, published, last, self.chunk)
-        ):
+        while page := await asyncio.wrap_future(store.scan_page(query, max_id, last, self.chunk)):
             yield page
             last = page[-1].activity.id
 
@@ -381,7 +395,7 @@ class ActivityService:
 
     def start_retention(self, days: float, max_rows: int, interval: float = 60.0) -> None:
         """Enforce retention now and every `interval` seconds, on the running IOLoop."""
-        if self.store is None or (not days and not max_rows):
+        if self.store is None or (not days and not max_rows) or self._retention is not None:
             return
         self._retention = asyncio.ensure_future(self._retain(days, max_rows, interval))
 
@@ -398,9 +412,9 @@ class ActivityService:
 
     def stop_retention(self) -> None:
         """Stop retention between two steps; call on the IOLoop."""
-        self._stopping = True
         if self._retention is not None:
             self._retention.cancel()
+            self._retention = None
 
     def close(self, timeout: float = 10.0) -> None:
         """Commit what is queued (up to `timeout` seconds), and close the store."""

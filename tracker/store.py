@@ -340,6 +340,10 @@ class SQLiteStore:
             self._readers.append(conn)
         return fn(conn, *args)
 
+    def _indexed_now(self, conn: sqlite3.Connection) -> int:
+        """How far the user index reaches, as the file says (any process may have moved it)."""
+        return int(self._meta(conn, "indexed_id"))
+
     def newest(self, count: int) -> Future[list[Activity]]:
         """The newest `count` activities, oldest first."""
 
@@ -374,24 +378,24 @@ class SQLiteStore:
 
     def query(self, query: Query, max_id: int) -> Future[list[Activity]]:
         """The newest `query.limit` matches (all without a limit), oldest first."""
-        source, args = _source(query, max_id, self._indexed)
-        sql = f"SELECT {_COLUMNS} FROM {source} ORDER BY id DESC"
-        if query.limit is not None:
-            sql += " LIMIT ?"
-            args.append(query.limit)
 
         def read(conn: sqlite3.Connection) -> list[Activity]:
+            source, args = _source(query, max_id, self._indexed_now(conn))
+            sql = f"SELECT {_COLUMNS} FROM {source} ORDER BY id DESC"
+            if query.limit is not None:
+                sql += " LIMIT ?"
+                args.append(query.limit)
             return [_row_activity(row) for row in reversed(conn.execute(sql, args).fetchall())]
 
         return self._read(read)
 
     def scan_start(self, query: Query, max_id: int) -> Future[int]:
         """The id a scan of the query starts after: the oldest of its newest `limit` matches."""
-        source, args = _source(query, max_id, self._indexed)
 
         def read(conn: sqlite3.Connection) -> int:
             if query.limit is None:
                 return 0
+            source, args = _source(query, max_id, self._indexed_now(conn))
             sql = f"SELECT id FROM {source} ORDER BY id DESC LIMIT 1 OFFSET ?"
             found = conn.execute(sql, [*args, max(query.limit - 1, 0)]).fetchone()
             return found[0] - 1 if found else 0
@@ -402,10 +406,12 @@ class SQLiteStore:
         self, query: Query, max_id: int, after_id: int, size: int
     ) -> Future[list[Chained]]:
         """Up to `size` matches with ids above `after_id`, oldest first, with their links."""
-        source, args = _source(query, max_id, self._indexed)
-        sql = f"SELECT {_COLUMNS}, {_CHAIN_COLUMNS} FROM {source} AND id > ? ORDER BY id LIMIT ?"
 
         def read(conn: sqlite3.Connection) -> list[Chained]:
+            source, args = _source(query, max_id, self._indexed_now(conn))
+            sql = (
+                f"SELECT {_COLUMNS}, {_CHAIN_COLUMNS} FROM {source} AND id > ? ORDER BY id LIMIT ?"
+            )
             rows = conn.execute(sql, [*args, after_id, size]).fetchall()
             return [Chained(_row_activity(row), row[6], row[7]) for row in rows]
 
@@ -413,10 +419,10 @@ class SQLiteStore:
 
     def summary(self, query: Query, max_id: int, top: int) -> Future[dict[str, Any]]:
         """The summary of every stored match, counted by SQLite."""
-        source, args = _source(query, max_id, self._indexed)
-        base = f"FROM {source}"
 
         def read(conn: sqlite3.Connection) -> dict[str, Any]:
+            source, args = _source(query, max_id, self._indexed_now(conn))
+            base = f"FROM {source}"
             count = f"SELECT count(*), count(DISTINCT user_id) {base}"
             total, users = conn.execute(count, args).fetchone()
 
@@ -448,6 +454,21 @@ class SQLiteStore:
         job = _Chore(lambda conn: self._delete_step(conn, cutoff, max_rows))
         self._queue.put(job)
         return job.future
+
+    def archive(self, activities: list[Activity]) -> Future[list[Activity]]:
+        """With --redis: store activities the file lacks (by id), in order; those stored."""
+        job = _Chore(lambda conn: self._archive_step(conn, activities))
+        self._queue.put(job)
+        return job.future
+
+    def archived_id(self) -> Future[int]:
+        """The newest id the file has held (even if retention deleted it since)."""
+
+        def read(conn: sqlite3.Connection) -> int:
+            newest = conn.execute("SELECT coalesce(max(id), 0) FROM activities").fetchone()[0]
+            return max(newest, int(self._meta(conn, "last_id")))
+
+        return self._read(read)
 
     def add_checkpoint(self, sign: Signing) -> Future[dict[str, Any] | None]:
         """Sign the chain's head, if it moved since the last checkpoint; the checkpoint."""
@@ -700,15 +721,17 @@ class SQLiteStore:
         """Add the rows committed since the last step to activities_by_user, at once."""
         # One step of tens of thousands of rows sorted by user fills each index page it
         # touches with many rows: 50,000 at once cost a fifth of adding each at commit.
-        top = self._stored
-        if top <= self._indexed:
+        if self._stored <= self._indexed:
             return
         try:
+            # Read inside the transaction: with --redis, another process may have written.
             conn.execute("BEGIN IMMEDIATE")
+            indexed = int(self._meta(conn, "indexed_id"))
+            top = conn.execute("SELECT coalesce(max(id), 0) FROM activities").fetchone()[0]
             conn.execute(
                 "INSERT INTO activities_by_user SELECT user_id, id FROM activities "
                 "WHERE id > ? AND id <= ? ORDER BY user_id, id",
-                (self._indexed, top),
+                (indexed, top),
             )
             conn.execute("UPDATE meta SET value = ? WHERE key = 'indexed_id'", (str(top),))
             conn.execute("COMMIT")
@@ -718,16 +741,17 @@ class SQLiteStore:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             return
-        self._indexed = top
+        self._indexed = self._stored = max(self._stored, top)
 
     def _checkpoint_step(self, conn: sqlite3.Connection, sign: Signing) -> dict[str, Any] | None:
-        """On the writer, so the head it signs is the one stored."""
+        """On the writer, in one transaction, so the head it signs is the one stored."""
+        conn.execute("BEGIN IMMEDIATE")
         newest = conn.execute("SELECT id, hash FROM activities ORDER BY id DESC LIMIT 1").fetchone()
         latest = conn.execute("SELECT max(last_id) FROM checkpoints").fetchone()[0]
         if newest is None or newest[0] == latest:
+            conn.execute("ROLLBACK")
             return None
         checkpoint = sign(self.store_id, newest[0], newest[1].hex(), now_timestamp())
-        conn.execute("BEGIN IMMEDIATE")
         conn.execute(
             "INSERT INTO checkpoints (store_id, last_id, hash, timestamp, signature) "
             "VALUES (:store_id, :last_id, :hash, :timestamp, :signature)",
@@ -736,10 +760,35 @@ class SQLiteStore:
         conn.execute("COMMIT")
         return checkpoint
 
+    def _archive_step(self, conn: sqlite3.Connection, activities: list[Activity]) -> list[Activity]:
+        """Store what the file lacks, chained after its newest row; what it stored."""
+        # Idempotent by id and safe with several writers: the newest row and its hash are
+        # read in the transaction, and only ids above it are stored, in order.
+        conn.execute("BEGIN IMMEDIATE")
+        newest = conn.execute("SELECT id, hash FROM activities ORDER BY id DESC LIMIT 1").fetchone()
+        floor = max(newest[0] if newest else 0, int(self._meta(conn, "last_id")))
+        head = newest[1] if newest else bytes.fromhex(self._meta(conn, "chain_anchor"))
+        new = [a for a in activities if a.id > floor]
+        links = audit.chain_links(head, new)
+        conn.executemany(
+            f"INSERT INTO activities ({_COLUMNS}, prev_hash, hash) VALUES (?,?,?,?,?,?,?,?)",
+            [
+                (a.id, a.user_id, a.action, a.timestamp, a.details, a.key, prev, digest)
+                for a, (prev, digest) in zip(new, links, strict=True)
+            ],
+        )
+        conn.execute("COMMIT")
+        if new:
+            self._stored = max(self._stored, new[-1].id)
+            self._head = links[-1][1]
+        return new
+
     def _delete_step(
         self, conn: sqlite3.Connection, cutoff: str | None, max_rows: int
     ) -> list[int]:
         """One retention step on the writer's connection: the ids it deleted."""
+        # Read inside the transaction: with --redis, another process may trim too.
+        conn.execute("BEGIN IMMEDIATE")
         oldest = conn.execute(
             "SELECT id, timestamp, hash FROM activities ORDER BY id LIMIT ?", (DELETE_CHUNK,)
         ).fetchall()
@@ -753,10 +802,10 @@ class SQLiteStore:
             excess = conn.execute("SELECT count(*) FROM activities").fetchone()[0] - max_rows
             count = max(count, min(excess, len(oldest)))
         if count <= 0:
+            conn.execute("ROLLBACK")
             return []
         ids = [row[0] for row in oldest[:count]]
         last_id, last_hash = oldest[count - 1][0], oldest[count - 1][2]
-        conn.execute("BEGIN IMMEDIATE")
         top = conn.execute("SELECT max(id) FROM activities").fetchone()[0]
         # Remember the high-water mark, so ids never restart even if every row goes.
         conn.execute(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import threading
 from collections import deque
@@ -39,49 +40,75 @@ class Monitor:
         metrics: Metrics,
         *,
         rules: Iterable[Rule] = (),
-        dispatcher: WebhookDispatcher | None = None,
+        webhook_urls: Sequence[str] = (),
+        webhook_secret: str = "",
     ) -> None:
         self.service = service
         self.store = service.store
         self.hub = hub
         self.metrics = metrics
-        self.dispatcher = dispatcher
+        self.dispatcher: WebhookDispatcher | None = None
+        if webhook_urls:
+            # ValueError (one line) for a bad URL or secret.
+            self.dispatcher = WebhookDispatcher(
+                webhook_urls,
+                webhook_secret,
+                persist=self.persist_delivery,
+                on_outcome=lambda outcome: metrics.deliveries.labels(outcome).inc(),
+            )
         self.engine = AlertEngine()
         self._alerts: deque[dict[str, Any]] = deque(maxlen=MAX_ALERTS)
         self._last_id = 0
         # Evaluation comes from the publishing thread, rule changes from the IOLoop.
         self._lock = threading.Lock()
         self._loop = IOLoop.current()
+        self._load(rules)
+
+    def _load(self, rules: Iterable[Rule]) -> None:
+        """What --db kept and the --rules file; then follow what the service publishes."""
         if self.store is not None:
             for body in self.store.rules():
                 self.engine.set_rule(parse_rule(body))
             alerts, self._last_id = self.store.newest_alerts(MAX_ALERTS)
             self._alerts.extend(alerts)
-            if dispatcher is not None:
-                dispatcher.restore(Delivery(**row) for row in self.store.deliveries(MAX_ALERTS))
+            if self.dispatcher is not None:
+                kept = self.store.deliveries(MAX_ALERTS)
+                self.dispatcher.restore(Delivery(**row) for row in kept)
         for rule in rules:  # the --rules file: created, or replacing what was kept
             self.engine.set_rule(rule)
             if self.store is not None:
                 self.store.save_rule(rule.name, rule.to_dict()).result()
-        service.subscribe(self._on_published)
+        self.service.subscribe(self._on_published)
 
     # -- evaluation: under the service lock, in id order --------------------------------
 
-    def _on_published(self, activities: Sequence[Activity]) -> None:
+    def evaluate(self, activities: Sequence[Activity]) -> list[dict[str, Any]]:
+        """The alert bodies these activities fire (not numbered yet), in order."""
         with self._lock:
-            fired = [body for activity in activities for body in self.engine.evaluate(activity)]
+            return [body for activity in activities for body in self.engine.evaluate(activity)]
+
+    def _on_published(self, activities: Sequence[Activity]) -> None:
+        bodies = self.evaluate(activities)
+        if not bodies:
+            return
+        with self._lock:
             alerts = []
-            for body in fired:
+            for body in bodies:
                 self._last_id += 1
                 alerts.append({"id": self._last_id, **body})
-            self._alerts.extend(alerts)
         for alert in alerts:
-            self._raise(alert)
+            self.announce(alert)
+            self.fired(alert)
 
-    def _raise(self, alert: dict[str, Any]) -> None:
-        """Tell live clients, keep it, count it, and hand it to the webhooks."""
+    def announce(self, alert: dict[str, Any]) -> None:
+        """Keep it for /api/alerts, and tell live clients (after the activities so far)."""
+        with self._lock:
+            self._alerts.append(alert)
         encoded = json.dumps(alert, separators=(",", ":"))
         self.hub.announce(f'{{"type":"alert","alert":{encoded}}}'.encode())
+
+    def fired(self, alert: dict[str, Any]) -> None:
+        """Where it fired: count it, keep it with --db, and hand it to the webhooks."""
         self.metrics.alerts_fired.labels(alert["rule"]).inc()
         if self.store is not None:
             self.store.save_alert(alert)
@@ -91,7 +118,7 @@ class Monitor:
 
     # -- rules and alerts, for the REST handlers (on the IOLoop) -------------------------
 
-    def rules(self) -> list[dict[str, Any]]:
+    async def rules(self) -> list[dict[str, Any]]:
         """Every rule, sorted by name."""
         with self._lock:
             return [rule.to_dict() for rule in self.engine.rules()]
@@ -133,6 +160,11 @@ class Monitor:
         ]
         return found[len(found) - limit :] if limit else []
 
-    def deliveries(self, limit: int) -> list[dict[str, Any]]:
+    def persist_delivery(self, delivery: Delivery) -> None:
+        """Keep a delivery's state with --db, so pending ones survive a restart."""
+        if self.store is not None:
+            self.store.save_delivery(dataclasses.asdict(delivery))
+
+    async def deliveries(self, limit: int) -> list[dict[str, Any]]:
         """The newest `limit` webhook deliveries, oldest first."""
         return self.dispatcher.deliveries(limit) if self.dispatcher is not None else []

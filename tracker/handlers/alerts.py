@@ -25,8 +25,8 @@ class AlertsHandler(APIHandler):
 class RulesHandler(AlertsHandler):
     """GET /api/alerts/rules: every rule, sorted by name."""
 
-    def get(self) -> None:
-        self.write_json(json.dumps(self.monitor.rules()).encode())
+    async def get(self) -> None:
+        self.write_json(json.dumps(await self.monitor.rules()).encode())
 
 
 class RuleHandler(AlertsHandler):
@@ -74,10 +74,10 @@ class AlertListHandler(AlertsHandler):
 class DeliveriesHandler(AlertsHandler):
     """GET /api/alerts/deliveries: each webhook delivery's status, attempts, last error."""
 
-    def get(self) -> None:
+    async def get(self) -> None:
         limit = params.count(self.request.arguments, "limit", DEFAULT_LIMIT, MAX_ALERTS)
         assert limit is not None
-        self.write_json(json.dumps(self.monitor.deliveries(limit)).encode())
+        self.write_json(json.dumps(await self.monitor.deliveries(limit)).encode())
 
 
 def routes(monitor: Monitor, max_body_size: int) -> list[tuple[str, type, dict]]:

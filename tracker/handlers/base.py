@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from ..activity import FIELDS, ActivityInput, ValidationError, validate
+from ..service import StoreUnavailable
 from . import params
 from .auth import require_token
 from .errors import JSON_TYPE, ApiError, JSONErrors
@@ -25,6 +26,19 @@ class APIHandler(JSONErrors):
         self.set_header("Content-Type", JSON_TYPE)
         self.set_header("Cache-Control", "no-store")
         self.set_header("X-Content-Type-Options", "nosniff")
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, StoreUnavailable):
+            # Storage (the --db writer, Redis) cannot answer now: a retry later may succeed.
+            self.set_header("Retry-After", "1")
+            return self.send_json_error(503, f"storage unavailable: {exc}; retry later")
+        super().write_error(status_code, **kwargs)
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, StoreUnavailable):
+            return  # an outage, told once by the store or the Redis follower; no traceback
+        super().log_exception(typ, value, tb)
 
     def compute_etag(self) -> None:
         # Every answer is Cache-Control: no-store, so no client can use an ETag; without

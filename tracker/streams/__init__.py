@@ -1,0 +1,1 @@
+"""Where ids and order come from when several processes share one log (Redis)."""
