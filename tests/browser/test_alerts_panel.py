@@ -442,3 +442,23 @@ def test_panels_use_the_access_token(
     assert response.request.headers.get("authorization") == f"Bearer {token}"
     assert token not in response.url
     wait_for_alert_ids(page, [alert["id"]])
+
+
+def test_alerts_list_is_bounded(
+    page: Any, make_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    new_user = {"name": "new-user", "severity": "medium", "kind": "first_seen", "field": "user_id"}
+    server = make_server(["--rules", rules_file(tmp_path, new_user)])
+    open_dashboard(page, server)
+    # 250 new users in one request: 250 alerts, pushed live as fast as the server can.
+    items = [{"user_id": f"user-{n:03}", "action": "signup"} for n in range(250)]
+    status, body = server.request("POST", "/api/metrics/track/batch", items)
+    assert status == 200, body
+    alerts = server_alerts(server)
+    assert len(alerts) == 250
+    ids = [a["id"] for a in alerts]
+    wait_for_alert_ids(page, ids[::-1][:200], timeout=10_000)  # the newest 200, newest on top
+    wait_for_text(page, "#alerts-summary", "200 shown")
+
+    page.reload()  # a reload asks for the newest 50
+    wait_for_alert_ids(page, ids[::-1][:50])
