@@ -1,8 +1,9 @@
-// The metrics dashboard: wires the form, the filters, the live log, the summary, Pause,
-// Refresh and Export together. Plain ES modules, no build step; every value reaches the
-// page as text.
+// The metrics dashboard: wires the form, the filters, the live log, the summary, the
+// alerts, rules and integrity panels, Pause, Refresh and Export together. Plain ES
+// modules, no build step; every value reaches the page as text.
 
 import { ActivityLog, MAX_ROWS } from "./activity-log.js";
+import { AlertsPanel, RulesList } from "./alerts-panel.js";
 import {
   FilterControls,
   describeFilters,
@@ -10,6 +11,7 @@ import {
   matches,
   withFilters,
 } from "./filters.js";
+import { IntegrityIndicator } from "./integrity.js";
 import { LiveFeed } from "./live-feed.js";
 import { SummaryPanel } from "./summary-panel.js";
 
@@ -131,6 +133,17 @@ const log = new ActivityLog(list, {
   },
 });
 
+// -- security: alerts, rules, integrity ---------------------------------------------------
+
+const alertsPanel = new AlertsPanel({
+  api,
+  // An alert's group, e.g. {user_id: "mallory"}: the log shows exactly that group.
+  onPick: (values) => filters.set(values),
+});
+const rulesList = new RulesList({ api });
+const integrity = new IntegrityIndicator({ api });
+let hellos = 0;
+
 const feed = new LiveFeed({
   onState(state) {
     connection.dataset.state = state;
@@ -139,10 +152,19 @@ const feed = new LiveFeed({
   onReset() {
     log.reset();
     summaryPanel.poke();
+    alertsPanel.load("reset"); // another store, or a gap: its alerts are another list too
   },
   onActivities(items) {
     log.merge(items);
     summaryPanel.poke();
+  },
+  onAlert(alert) {
+    alertsPanel.receive(alert);
+  },
+  onHello() {
+    // Alerts are not replayed on a reconnect: catch up on what fired while away.
+    hellos += 1;
+    if (hellos > 1 || alertsPanel.failed) alertsPanel.load("merge");
   },
   protocols: () => (token ? ["tracker", `bearer.${token}`] : undefined),
   params: () => filterParams(filters.current),
@@ -173,6 +195,9 @@ tokenForm.addEventListener("submit", (event) => {
   tokenOpen.hidden = true;
   feed.reconnectNow();
   summaryPanel.resume();
+  alertsPanel.load("merge");
+  rulesList.load();
+  integrity.check();
 });
 
 tokenOpen.addEventListener("click", () => askForToken(""));
@@ -279,6 +304,9 @@ refreshButton.addEventListener("click", async () => {
   // A Refresh while the feed is down is also a "try now".
   feed.reconnectNow();
   summaryPanel.resume();
+  alertsPanel.load("replace", feed.live);
+  rulesList.load();
+  integrity.check();
   const generation = refreshGeneration;
   try {
     const path = withFilters("/api/metrics/activities", filters.current, {
@@ -361,3 +389,6 @@ showFilters();
 log.render();
 feed.start();
 summaryPanel.start();
+alertsPanel.load("merge");
+rulesList.load();
+integrity.start();

@@ -14,7 +14,10 @@ const CLOSE_TOO_SLOW = 4008;
 /**
  * Callbacks: onState(state) with "connecting" | "live" | "reconnecting" | "offline" |
  * "unauthorized"; onReset() when the log must be dropped (another store, or a gap the
- * server cannot fill); onActivities(items) with new activities in id order.
+ * server cannot fill); onActivities(items) with new activities in id order; onAlert(alert)
+ * with each alert as it fires (every client gets them, filtered or not; they are not
+ * replayed on a reconnect, so onHello(message), called at every connection's hello, is
+ * the cue to catch up over REST).
  *
  * A browser cannot see why an upgrade was refused, so after a socket fails before its
  * hello, checkAccess() (a cheap REST call) tells a wrong or missing token (false) from a
@@ -27,6 +30,8 @@ export class LiveFeed {
     onState,
     onReset,
     onActivities,
+    onAlert = () => {},
+    onHello = () => {},
     protocols = () => undefined,
     params = () => [],
     checkAccess = async () => true,
@@ -35,6 +40,8 @@ export class LiveFeed {
     this.onState = onState;
     this.onReset = onReset;
     this.onActivities = onActivities;
+    this.onAlert = onAlert;
+    this.onHello = onHello;
     this.protocols = protocols;
     this.params = params;
     this.checkAccess = checkAccess;
@@ -147,6 +154,7 @@ export class LiveFeed {
         this.storeId = message.store_id;
         this.failures = 0;
         this.setState("live");
+        this.onHello(message);
         break;
       case "reset":
         this.dropLog();
@@ -157,6 +165,9 @@ export class LiveFeed {
           if (last > this.lastId) this.lastId = last;
           this.onActivities(message.items);
         }
+        break;
+      case "alert":
+        if (message.alert && typeof message.alert === "object") this.onAlert(message.alert);
         break;
       default:
         break;
