@@ -1,11 +1,6 @@
-"""Shared by the benchmarks in bench/: servers as pinned processes, /proc readings, wrk, a
-keep-alive HTTP client, the lean WebSocket clients, statistics, options, report lines.
-
-`python bench/benchlib.py PORTS COUNT OFFSET [TOKEN]` is a WebSocket client process (see
-ws_pool); the scripts import the rest (running one puts bench/ on sys.path).
+"""What the benchmarks in bench/ share; `python bench/benchlib.py PORTS COUNT OFFSET TOKEN`
+is a WebSocket client process (see ws_pool). Not a benchmark: see bench/README.md.
 """
-
-from __future__ import annotations
 
 import argparse
 import atexit
@@ -38,6 +33,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 TRACK, BATCH, LIVE = "/api/metrics/track", "/api/metrics/track/batch", "/api/metrics/live"
 READY = "/api/metrics/activities?limit=1"
+TROUBLE = re.compile(r"Traceback|ERROR|WARNING|Exception|CRITICAL")  # in a server's stderr
 _CHILDREN: list[subprocess.Popen] = []  # every process started, killed on any exit
 
 
@@ -149,12 +145,12 @@ class Server:
             time.sleep(0.05)
         raise RuntimeError(f"{self.name} not ready on port {self.port} after {timeout} s")
 
-    def stop(self, timeout: float = 10.0) -> int | None:
+    def stop(self) -> int | None:
         """SIGINT (a clean shutdown), SIGKILL if it does not exit in time; the exit code."""
         if self.proc is not None and self.code is None:
             self.proc.send_signal(signal.SIGINT)
             try:
-                self.proc.wait(timeout)
+                self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
@@ -166,10 +162,8 @@ class Server:
         return cpu_and_wait(process_tree(self.proc.pid))
 
     def stderr(self) -> list[str]:
-        """Its stderr lines."""
-        return (
-            self.err_path.read_text(errors="replace").splitlines() if self.err_path.exists() else []
-        )
+        path = self.err_path
+        return path.read_text(errors="replace").splitlines() if path.exists() else []
 
 
 def snapshot(servers: list[Server]) -> list[tuple[Server, float, float, float]]:
@@ -285,9 +279,7 @@ class Bench:
     def tail(self) -> None:
         """Every server's exit code and suspicious stderr lines."""
         for server in self.measured:
-            bad = [
-                x for x in server.stderr() if re.search("Traceback|ERROR|WARN|Exception|CRIT", x)
-            ]
+            bad = [line for line in server.stderr() if TROUBLE.search(line)]
             shown = f": {'; '.join(bad[:3])}" if bad else ""
             print(f"- {server.name}: exit code {server.code}, stderr problems {len(bad)}{shown}")
 
@@ -703,18 +695,16 @@ class Pool:
         with open(self.log, "ab") as err:
             for argv in argvs:
                 cmd, pipe = [*pin(self.cpu), sys.executable, script, *argv], subprocess.PIPE
-                self.procs.append(
-                    subprocess.Popen(cmd, stdin=pipe, stdout=pipe, stderr=err, **CHILD)
-                )
+                proc = subprocess.Popen(cmd, stdin=pipe, stdout=pipe, stderr=err, **CHILD)
+                self.procs.append(proc)
         _CHILDREN.extend(self.procs)
         for proc in self.procs:
             self.answer(proc, 180)
 
     def answer(self, proc: subprocess.Popen, timeout: float = 60) -> Any:
         assert proc.stdout is not None
-        if not select.select([proc.stdout], [], [], timeout)[0] or not (
-            line := proc.stdout.readline()
-        ):
+        ready = select.select([proc.stdout], [], [], timeout)[0]
+        if not ready or not (line := proc.stdout.readline()):
             tail = Path(self.log).read_text(errors="replace")[-800:]
             raise RuntimeError(f"a client process did not answer ({proc.poll()}): {tail}")
         return json.loads(line)

@@ -1,12 +1,7 @@
-"""Ingest benchmark: REST requests vs bare Tornado, batches, --db vs memory; or any A/B
-(see bench/README.md).
-
-    python bench/ingest.py                                  # POST, GET, BATCH, DB: ~2.5 min
-    python bench/ingest.py --only POST --rounds 21
-    python bench/ingest.py --ab "--db {tmp}/a.db" "--db {tmp}/b.db --rules R" --target 0.85
+"""Ingest benchmark: REST requests vs bare Tornado, batches, --db vs memory; or any A/B,
+e.g. `python bench/ingest.py --ab "--db {tmp}/a.db" "--db {tmp}/b.db" --target 0.9`.
+See bench/README.md.
 """
-
-from __future__ import annotations
 
 import json
 import subprocess
@@ -120,9 +115,8 @@ def measure(bench: bl.Bench, args: Any, plan: list, loads: dict[str, Load]) -> t
     for key, sides in plan:  # a batch must be accepted whole once before it is measured
         for server, load in ((s, loads[key]) for s in sides):
             if load.body and server.name != "bare":
-                answer = bl.http_request(
-                    server.port, "POST", bl.BATCH, load.body, {**bench.headers, **JSON}
-                )
+                head = {**bench.headers, **JSON}
+                answer = bl.http_request(server.port, "POST", bl.BATCH, load.body, head)
                 if answer[0] != 200 or json.loads(answer[1]).get("recorded") != load.items:
                     raise RuntimeError(f"{server.name}: {load.label} answered {answer}"[:300])
                 acked[server.name] += load.items
@@ -213,10 +207,10 @@ def main(argv: list[str]) -> int:
             }
             notes.append(f"GET answer bytes: {sizes}")
         fs = subprocess.run(["stat", "-f", "-c", "%T", bench.tmp], capture_output=True, text=True)
-        du = subprocess.run(
-            ["du", "-sh", bench.tmp], capture_output=True, text=True
-        ).stdout.split()[0]
-        notes.append(f"temporary directory: {du} on {fs.stdout.strip()} (fsync on tmpfs is free)")
+        du = subprocess.run(["du", "-sh", bench.tmp], capture_output=True, text=True).stdout
+        notes.append(
+            f"temporary directory: {du.split()[0]} on {fs.stdout.strip()} (fsync on tmpfs is free)"
+        )
     finally:
         bench.stop()
     report(bench, args, loads, results, rows, notes)

@@ -1,11 +1,6 @@
 """Readers benchmark: GET /api/metrics/activities?limit=1 latency while --summaries clients
-loop GET /api/metrics/summary over a whole --db table, and while none do (see bench/README.md).
-
-    python bench/readers.py                  # 1,000,000 rows, 3 rounds of 5 s each way
-    python bench/readers.py --rows 50000 --rounds 2
+loop GET /api/metrics/summary over a whole --db table, and while none do. See bench/README.md.
 """
-
-from __future__ import annotations
 
 import http.client
 import json
