@@ -381,7 +381,8 @@ def wrk_argv(port: int, script: str, conns: int, secs: float, cpu: Any, timeout:
 
 def run_wrk(argv: list[str], seconds: float) -> dict[str, Any]:
     """Run wrk to the end: req/s, latency in ms, bytes per answer, errors."""
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pipe = subprocess.PIPE
+    proc = subprocess.Popen(argv, stdout=pipe, stderr=pipe, text=True, **CHILD)
     _CHILDREN.append(proc)
     try:
         out, err = proc.communicate(timeout=seconds + 90)

@@ -37,7 +37,7 @@ Load = namedtuple("Load", "label script connections items body")
 
 
 def parse_args(argv: list[str]) -> Any:
-    p = bl.options("REST ingest benchmark: project vs bare Tornado, batches, --db, A/B", "")
+    p = bl.options("REST ingest: project vs bare Tornado, batches, --db, A/B", "--capacity 5000")
     p.add_argument("--rounds", type=int, default=9, help="rounds (medians are reported)")
     p.add_argument("--duration", type=float, default=2, help="seconds per wrk run")
     p.add_argument("--connections", type=int, default=16, help="wrk -c for single requests")
