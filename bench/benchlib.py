@@ -6,6 +6,7 @@ import argparse
 import atexit
 import base64
 import contextlib
+import gc
 import hashlib
 import http.client
 import json
@@ -485,13 +486,14 @@ def masked_frame(opcode: int, payload: bytes) -> bytes:
 
 
 def activity_ids(payload: bytes) -> range | list[int]:
-    """The ids of an activities message: cheaply when consecutive (first, count, last)."""
-    if (match := ID_RE.search(payload)) is None:
-        return []
-    first, count = int(match.group(1)), payload.count(b'"id":')
-    tail = ID_RE.match(payload, payload.rfind(b'{"id":') + 1)
-    if tail and int(tail.group(1)) - first == count - 1:
-        return range(first, first + count)
+    """The ids of a long activities message: a range, from the first and last id and the
+    count, if that is consistent; else every id.
+    """
+    if match := ID_RE.search(payload):
+        first, count = int(match.group(1)), payload.count(b'"id":')
+        tail = ID_RE.match(payload, payload.rfind(b'{"id":') + 1)
+        if tail and int(tail.group(1)) - first == count - 1:
+            return range(first, first + count)
     return [int(x) for x in ID_RE.findall(payload)]
 
 
@@ -500,12 +502,14 @@ class Stream:
     ids, ids at or below an earlier one (backwards), other messages, the close.
     """
 
+    STATE = "since hello_last hellos before_hello reset close top other runs count backwards open"
+    __slots__ = (*STATE.split(), "sock", "fd", "buf", "frag", "mode", "closing")
+
     def __init__(self, sock: socket.socket, since: int | None = None) -> None:
         self.sock, self.fd, self.since, self.buf, self.frag = sock, sock.fileno(), since, b"", None
         self.open, self.hello_last, self.hellos, self.before_hello = True, None, 0, 0
-        self.reset: str | None = None
-        self.close: str | None = None
-        self.top = -1  # highest id so far; -1 until the hello says where we stand
+        self.reset = self.close = self.mode = None  # mode, closing: a churner's
+        self.top, self.closing = -1, False  # top: -1 until the hello says where we stand
         self.other: Counter[str] = Counter()
         self.forget()
 
@@ -515,16 +519,19 @@ class Stream:
 
     def on_message(self, payload: bytes) -> range | list[int]:
         if payload.startswith(ACTIVITIES):
-            ids = activity_ids(payload)
+            ids = [int(x) for x in ID_RE.findall(payload)] if len(payload) < 4096 else None
+            ids, runs = ids if ids is not None else activity_ids(payload), self.runs
             self.before_hello += not self.hellos
             self.count += len(ids)
-            for a, b in [(ids[0], ids[-1])] if isinstance(ids, range) else [(i, i) for i in ids]:
+            consecutive = ids and ids[-1] - ids[0] == len(ids) - 1
+            for a, b in ((ids[0], ids[-1]),) if consecutive else zip(ids, ids, strict=True):
                 self.backwards += a <= self.top
-                if self.runs and self.runs[-1][1] + 1 == a:
-                    self.runs[-1][1] = b
+                if runs and runs[-1][1] + 1 == a:
+                    runs[-1][1] = b
                 else:
-                    self.runs.append([a, b])
-                self.top = max(self.top, b)
+                    runs.append([a, b])
+                if b > self.top:
+                    self.top = b
             return ids
         kind = m.group(1).decode() if (m := TYPE_RE.search(payload)) else "?"
         if kind == "hello" and not self.hellos:
@@ -540,7 +547,7 @@ class Stream:
         return []
 
     def state(self) -> dict[str, Any]:
-        return {k: v for k, v in vars(self).items() if k not in ("sock", "buf", "frag")}
+        return {k: getattr(self, k) for k in self.STATE.split()}
 
 
 class WsClients:
@@ -587,25 +594,29 @@ class WsClients:
 
     def feed(self, stream: Stream, chunk: bytes, kernel_ns: int, app_ns: int) -> None:
         """Parse frames: unmasked, 7/16/64-bit lengths, fragments; answer ping and close."""
-        data, off = stream.buf + chunk, 0
-        while len(data) - off >= 2:
+        data = stream.buf + chunk if stream.buf else chunk
+        off, size = 0, len(data)
+        while size - off >= 2:
             b0, b1 = data[off], data[off + 1]
-            length, head = b1 & 0x7F, {126: 4, 127: 10}.get(b1 & 0x7F, 2)
-            if len(data) - off < head:
-                break
-            if head > 2:
+            length, head = b1 & 0x7F, 2
+            if length >= 126:
+                head = 4 if length == 126 else 10
+                if size - off < head:
+                    break
                 length = int.from_bytes(data[off + 2 : off + head], "big")
             if b1 & 0x80:  # servers must not mask
                 self.bad_frames, head = self.bad_frames + 1, head + 4
-            if len(data) - off < head + length:
+            if size - off < head + length:
                 break
             payload, opcode = data[off + head : off + head + length], b0 & 15
             off += head + length
-            if opcode in (0, 1, 2) and (opcode or stream.frag is not None):
-                whole = (stream.frag or b"") + payload
-                stream.frag = None if b0 & 0x80 else whole
+            if opcode in (1, 2) and b0 & 0x80:
+                self.on_text(stream, payload, kernel_ns, app_ns)
+            elif opcode in (0, 1, 2) and (opcode or stream.frag is not None):  # fragments
+                stream.frag = (stream.frag or b"") + payload if opcode == 0 else payload
                 if b0 & 0x80:
-                    self.on_text(stream, whole, kernel_ns, app_ns)
+                    self.on_text(stream, stream.frag, kernel_ns, app_ns)
+                    stream.frag = None
             elif opcode == 0x9:
                 self.send(stream, masked_frame(0xA, payload))
             elif opcode == 0x8:
@@ -614,14 +625,17 @@ class WsClients:
                 return self.drop(stream, str(code))
             elif opcode != 0xA:
                 self.bad_frames += 1
-        stream.buf = data[off:]
+        stream.buf = data[off:] if off < size else b""
 
     def on_text(self, stream: Stream, payload: bytes, kernel_ns: int, app_ns: int) -> None:
         ids = stream.on_message(payload)
         if self.timing:
+            seen = self.seen
             for id_ in ids:
-                rec = self.seen.setdefault(id_, [0, 0])
-                rec[0], rec[1] = max(rec[0], kernel_ns), app_ns  # one process reads in order
+                if (rec := seen.get(id_)) is None:
+                    seen[id_] = [kernel_ns, app_ns]
+                else:  # one process reads in order: its latest app receipt is the last
+                    rec[0], rec[1] = max(rec[0], kernel_ns), app_ns
 
     def send(self, stream: Stream, frame: bytes) -> None:
         with contextlib.suppress(OSError):
@@ -787,6 +801,7 @@ def check_clients(reports: list[dict[str, Any]], acked: list[int]) -> Counter[st
 
 if __name__ == "__main__":
     ports, count, offset, token = sys.argv[1:5]
+    gc.disable()  # no cycles here; collections walking 1,000 clients cost more than messages
     raise_nofile(int(count) + 256)
     clients, port_list = WsClients(token or None), [int(p) for p in ports.split(",")]
     for i in range(int(count)):

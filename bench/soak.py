@@ -81,7 +81,7 @@ class Churner(bl.WsClients):
         except (OSError, RuntimeError) as exc:
             self.stats[f"handshake failed: {exc}"] += 1
             return
-        stream.mode, stream.closing = ("clean", "fin", "rst")[n % 3], False
+        stream.mode = ("clean", "fin", "rst")[n % 3]
         self.deadline[stream.fd] = time.monotonic() + self.rng.uniform(*HOLD)
         self.stats.update(connections=1, with_since=since is not None)
 
@@ -97,7 +97,7 @@ class Churner(bl.WsClients):
         self.drop(stream, f"client_{stream.mode}")
 
     def drop(self, stream: Any, why: str) -> None:
-        if stream.open and getattr(stream, "closing", False):  # the answer to our close
+        if stream.open and stream.closing:  # the answer to our close
             why = "clean_close_answered" if why == "1000" else f"clean_close_{why}"
         if stream.open:
             super().drop(stream, why)
