@@ -300,7 +300,7 @@ def median(values: list[float]) -> float:
 def percentile(values: list[float], pct: float) -> float:
     """Nearest-rank percentile (pct 0..100); nan when empty."""
     ordered = sorted(values)
-    return ordered[max(1, -(-len(ordered) * pct // 100)) - 1] if ordered else float("nan")
+    return ordered[max(1, -int(-len(ordered) * pct // 100)) - 1] if ordered else float("nan")
 
 
 def med(runs: list[dict], key: str, fmt: str = ".1f") -> str:
@@ -486,8 +486,8 @@ def masked_frame(opcode: int, payload: bytes) -> bytes:
 
 
 def activity_ids(payload: bytes) -> range | list[int]:
-    """The ids of a long activities message: a range, from the first and last id and the
-    count, if that is consistent; else every id.
+    """The ids of a long activities message: a range from its first id and their count, if
+    the last id agrees; else every id.
     """
     if match := ID_RE.search(payload):
         first, count = int(match.group(1)), payload.count(b'"id":')
@@ -519,8 +519,8 @@ class Stream:
 
     def on_message(self, payload: bytes) -> range | list[int]:
         if payload.startswith(ACTIVITIES):
-            ids = [int(x) for x in ID_RE.findall(payload)] if len(payload) < 4096 else None
-            ids, runs = ids if ids is not None else activity_ids(payload), self.runs
+            long, runs = len(payload) > 4096, self.runs  # long: a batch or a replay
+            ids = activity_ids(payload) if long else [int(x) for x in ID_RE.findall(payload)]
             self.before_hello += not self.hellos
             self.count += len(ids)
             consecutive = ids and ids[-1] - ids[0] == len(ids) - 1

@@ -152,8 +152,8 @@ def row(results: dict, loads: dict, key: str, a: str, b: str | None, kind: str, 
         values = [bl.median([r[field] for r in runs if field in r]) for runs in (ra, rb) if runs]
         return " / ".join(format(v, fmt) for v in values if v == v) or "-"
 
-    ratio = bl.median([y["rate"] / x["rate"] for x, y in pairs])
-    cpu = bl.median([x["cpu_us"] / y["cpu_us"] for x, y in pairs])
+    ratio = bl.median([y["rate"] / x["rate"] for x, y in pairs if x["rate"]])
+    cpu = bl.median([x["cpu_us"] / y["cpu_us"] for x, y in pairs if y["cpu_us"]])
     value = ratio if kind == "ratio" else bl.median([r["rate"] for r in rb or ra])
     target = "-"
     if goal:
@@ -179,7 +179,7 @@ def report(bench: bl.Bench, args: Any, loads: dict, results: dict, rows: list, n
     bl.table(HEAD, [row(results, loads, *r) for r in rows])
     for key, a, b, *_ in [r for r in rows if r[2]]:
         pairs = zip(results[key][a], results[key][b], strict=True)
-        ratios = ", ".join(f"{y['rate'] / x['rate']:.2f}" for x, y in pairs)
+        ratios = ", ".join(f"{y['rate'] / x['rate']:.2f}" for x, y in pairs if x["rate"])
         print(f"- {key} {b}/{a} per round: {ratios}")
     errors = [(k, n, r["errors"]) for k, rs in results.items() for n, s in rs.items() for r in s]
     print(f"\n### Checks\n\n- wrk errors: {[e for e in errors if e[2]] or 'none'}")

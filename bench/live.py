@@ -99,7 +99,7 @@ def live_round(bench: bl.Bench, args: Any, n: int, log: str, wrk: str = "") -> d
             reports = pool.all("report")
             chk = bl.check_clients(reports, list(range(start, last + 1)))
             for report in reports:
-                chk.update({f"close {code}": n for code, n in report["closes"].items()})
+                chk.update({f"close {code}": k for code, k in report["closes"].items()})
             cpu_s, wall = sum(r["cpu_s"] for r in reports), max(r["wall_s"] for r in reports)
             out.update(received=chk["received"], expected=chk["expected"], client_cpu=cpu_s / wall)
             out.update(problems=bl.problems(chk), seen=[r["seen"] for r in reports])
