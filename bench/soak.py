@@ -318,7 +318,7 @@ def report(bench: bl.Bench, args: Any, load: Load, out: dict, mem: dict, samples
         f"{BATCH_EVERY:g} s, {args.listeners} listeners, a churner every ~{CHURN_EVERY:g} s",
     )
     print(REPORT.format_map(locals()))
-    rss = [f"{t:.0f}s {s['VmRSS'] / 1024:.1f}" for t, s in samples[:: len(samples) // 12 or 1]]
+    rss = [f"{t:.0f}s {s['VmRSS'] / 1024:.1f}" for t, s in samples[:: -(-len(samples) // 12)]]
     print(f"- RSS over the run (MB): {', '.join(rss)}")
     print(f"- first problems: {'; '.join(load.problems[:8]) or 'none'}")
     bench.tail()
