@@ -1,269 +1,336 @@
-"""Helpers shared by the benchmarks: servers as subprocesses, CPU pinning, wrk, stats.
-
-Not a benchmark itself; bench/ingest.py, bench/live.py and bench/soak.py import it
-(running a script puts bench/ on sys.path).
+"""What the benchmarks in bench/ share; `python bench/benchlib.py PORTS COUNT OFFSET TOKEN`
+is a WebSocket client process (see ws_pool). Not a benchmark: see bench/README.md.
 """
 
-from __future__ import annotations
-
 import argparse
-import asyncio
+import atexit
 import base64
+import contextlib
+import gc
+import hashlib
 import http.client
 import json
 import os
 import platform
+import random
 import re
+import resource
+import select
 import shlex
 import shutil
 import signal
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from bisect import bisect_left, bisect_right
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-BENCH = REPO / "bench"
-
-# Every child we start, so that any exit path (error, Ctrl-C, SIGTERM) can stop them.
-_CHILDREN: list[subprocess.Popen] = []
-_CLIENT_PROCS: list[asyncio.subprocess.Process] = []  # from spawn_client()
-
-
-def install_signal_handlers() -> None:
-    """Turn SIGTERM/SIGHUP into KeyboardInterrupt so `finally:` blocks clean up."""
-
-    def _raise(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _raise)
+TRACK, BATCH, LIVE = "/api/metrics/track", "/api/metrics/track/batch", "/api/metrics/live"
+READY = "/api/metrics/activities?limit=1"
+TROUBLE = re.compile(r"Traceback|ERROR|WARNING|Exception|CRITICAL")  # in a server's stderr
+_CHILDREN: list[subprocess.Popen] = []  # every process started, killed on any exit
 
 
-def track_child(proc: subprocess.Popen) -> subprocess.Popen:
-    _CHILDREN.append(proc)
-    return proc
-
-
-def kill_children() -> None:
-    """Last resort: SIGKILL every child still running (each by its own pid)."""
-    for client in _CLIENT_PROCS:
-        if client.returncode is None:
-            try:
-                client.kill()
-            except ProcessLookupError:
-                pass
-    for proc in _CHILDREN:
-        if proc.poll() is None:
-            try:
-                proc.kill()
-                proc.wait(timeout=5)
-            except (OSError, subprocess.TimeoutExpired):
-                pass
-
-
-def die_with_parent() -> None:
-    """In a child before exec: get SIGTERM if the benchmark dies (even by SIGKILL)."""
-    try:
+def _die_with_parent() -> None:
+    """In a child before exec: get SIGTERM if the benchmark dies, even by SIGKILL."""
+    with contextlib.suppress(OSError, AttributeError):
         import ctypes
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
-def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (from /proc; Linux only)."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+# Own session (a Ctrl-C reaches only us; we stop children in order), and die with us.
+CHILD = {"start_new_session": True, "preexec_fn": _die_with_parent}
 
 
-def process_wait_seconds(pid: int) -> float:
-    """Time the process's main thread spent runnable but waiting for a CPU
-    (/proc/PID/schedstat, Linux): other processes taking its CPU. nan if unknown.
+def run_main(main: Any) -> int:
+    """main() with SIGTERM/SIGHUP as Ctrl-C; on the way out SIGKILL every child still
+    running, each by its own pid; 130 when interrupted.
     """
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.default_int_handler)
+    raise_nofile(4096)
     try:
-        with open(f"/proc/{pid}/schedstat") as fh:
-            return int(fh.read().split()[1]) / 1e9
-    except (OSError, IndexError, ValueError):
-        return float("nan")
+        return main()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    finally:
+        for proc in _CHILDREN:
+            if proc.poll() is None:
+                proc.kill()
 
 
-def process_status(pid: int) -> dict[str, int]:
-    """Memory and thread figures from /proc/PID/status (kB for Vm*), plus open fds."""
-    out: dict[str, int] = {}
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "Threads"):
-                    out[key] = int(value.split()[0])
-        out["fds"] = len(os.listdir(f"/proc/{pid}/fd"))
-    except (OSError, ValueError, IndexError):
-        pass
-    return out
+def raise_nofile(want: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), hard))
 
 
-def server_environment() -> dict[str, str]:
-    """Our environment without TRACKER_* variables: the server is configured by its
-    command line only, so a token or --db set in the shell cannot skew a run.
-    """
-    return {k: v for k, v in os.environ.items() if not k.startswith("TRACKER_")}
+def pin(cpu: int | None) -> list[str]:
+    return ["taskset", "-c", str(cpu)] if cpu is not None and shutil.which("taskset") else []
 
 
-def auth_headers(token: str | None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"} if token else {}
-
-
-def cpu_count() -> int:
-    return len(os.sched_getaffinity(0))
-
-
-# Niceness for every process a benchmark starts (and itself): see set_nice().
-NICE = 0
-
-
-def set_nice(value: int) -> None:
-    """Run our processes at this niceness (negative needs root; children inherit it):
-    on a shared machine a negative value keeps other users' work off the benchmark's CPUs.
-    """
-    global NICE
-    NICE = value
-    if value:
-        os.setpriority(os.PRIO_PROCESS, 0, value)
-
-
-def pin_prefix(cpu: int | None) -> list[str]:
-    """`taskset -c CPU` when pinning is wanted and possible, else nothing."""
-    if cpu is None or shutil.which("taskset") is None:
-        return []
-    return ["taskset", "-c", str(cpu)]
-
-
-def pin_self(cpu: int | None) -> None:
-    if cpu is not None:
-        os.sched_setaffinity(0, {cpu})
-
-
-def free_port(host: str = "127.0.0.1") -> int:
+def free_port() -> int:
     with socket.socket() as sock:
-        sock.bind((host, 0))
+        sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-def raise_nofile(want: int) -> int:
-    """Raise RLIMIT_NOFILE towards `want` (up to the hard limit); returns the soft limit."""
-    import resource
+def process_tree(pid: int) -> list[int]:
+    """pid and every process below it (a server may be several processes)."""
+    parents = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            with open(f"/proc/{entry}/stat") as fh:
+                parents[int(entry)] = int(fh.read().rsplit(")", 1)[1].split()[1])
+    found, todo = [], [pid]
+    while todo:
+        found.append(todo.pop())
+        todo += [child for child, parent in parents.items() if parent == found[-1]]
+    return found
 
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
-    if soft < target:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        soft = target
-    return soft
+
+def cpu_and_wait(pids: list[int]) -> tuple[float, float]:
+    """Seconds of CPU used (user + system), and of waiting runnable while another process
+    had the CPU (/proc/PID/stat and schedstat, main threads), summed over pids.
+    """
+    cpu = wait = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            with open(f"/proc/{pid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            cpu += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            with open(f"/proc/{pid}/schedstat") as fh:
+                wait += int(fh.read().split()[1]) / 1e9
+    return cpu, wait
 
 
 class Server:
-    """A server subprocess on 127.0.0.1:port, its output kept in temporary files."""
+    """A server process (and any it forks) on 127.0.0.1:port, pinned, stderr in a file.
+    ready: a path that answers once it serves (None: accepting TCP is ready).
+    """
 
-    def __init__(
-        self,
-        name: str,
-        argv: Sequence[str],
-        port: int,
-        cpu: int | None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        self.name = name
-        self.port = port
-        self.headers = headers or {}
-        self.argv = [*pin_prefix(cpu), *argv]
-        self.dir = tempfile.mkdtemp(prefix=f"bench-{name}-")
-        self.out_path = Path(self.dir, "stdout")
-        self.err_path = Path(self.dir, "stderr")
+    def __init__(self, name: str, argv: list[str], port: int, cpu: int | None, logs: str) -> None:
+        self.name, self.port, self.argv = name, port, [*pin(cpu), *argv]
+        self.err_path = Path(logs, f"{name}.stderr")
+        self.headers: dict[str, str] = {}
+        self.ready: str | None = READY
         self.proc: subprocess.Popen | None = None
-        self.returncode: int | None = None
+        self.code: int | None = None
 
-    @property
-    def command(self) -> str:
-        return shlex.join(self.argv)
-
-    def start(self, ready_path: str, timeout: float = 15.0) -> None:
-        with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
-            # Own session: a Ctrl-C in the terminal reaches us, and we stop it in order.
-            self.proc = track_child(
-                subprocess.Popen(
-                    self.argv,
-                    cwd=REPO,
-                    stdout=out,
-                    stderr=err,
-                    start_new_session=True,
-                    preexec_fn=die_with_parent,
-                    env=server_environment(),
-                )
+    def start(self, timeout: float = 30.0) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TRACKER_")}
+        with open(self.err_path, "wb") as err:
+            self.proc = subprocess.Popen(
+                self.argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err, env=env, **CHILD
             )
+        _CHILDREN.append(self.proc)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"{self.name} exited with {self.proc.returncode} on start:\n{self.stderr()}"
-                )
-            try:
-                status, _ = http_request(
-                    self.port, "GET", ready_path, headers=self.headers, timeout=1.0
-                )
-                if status < 500:
+                raise RuntimeError(f"{self.name} exited ({self.proc.returncode}): {self.stderr()}")
+            with contextlib.suppress(OSError):
+                if self.ready is None:
+                    socket.create_connection(("127.0.0.1", self.port), 1).close()
                     return
-            except OSError:
-                pass
+                if http_request(self.port, "GET", self.ready, headers=self.headers)[0] < 500:
+                    return
             time.sleep(0.05)
-        raise RuntimeError(f"{self.name} not ready on port {self.port} after {timeout}s")
+        raise RuntimeError(f"{self.name} not ready on port {self.port} after {timeout} s")
 
-    def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGINT (a clean shutdown), then SIGKILL if it does not exit in time."""
-        proc = self.proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
+    def stop(self) -> int | None:
+        """SIGINT (a clean shutdown), SIGKILL if it does not exit in time; the exit code."""
+        if self.proc is not None and self.code is None:
+            self.proc.send_signal(signal.SIGINT)
             try:
-                proc.wait(timeout=timeout)
+                self.proc.wait(10)
             except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-        self.returncode = proc.returncode
-        return self.returncode
+                self.proc.kill()
+                self.proc.wait(5)
+            self.code = self.proc.returncode
+        return self.code
 
-    def stderr(self) -> str:
-        try:
-            return self.err_path.read_text(errors="replace")
-        except OSError:
-            return ""
+    def times(self) -> tuple[float, float]:
+        assert self.proc is not None
+        return cpu_and_wait(process_tree(self.proc.pid))
 
-    def problems(self) -> list[str]:
-        """Lines of its stderr that signal trouble: tracebacks, errors, warnings."""
-        bad = re.compile(r"Traceback|ERROR|WARNING|Exception|CRITICAL")
-        return [line for line in self.stderr().splitlines() if bad.search(line)]
+    def stderr(self) -> list[str]:
+        path = self.err_path
+        return path.read_text(errors="replace").splitlines() if path.exists() else []
 
 
-def http_request(
-    port: int,
-    method: str,
-    path: str,
-    body: bytes | None = None,
-    headers: dict[str, str] | None = None,
-    timeout: float = 5.0,
-) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+def snapshot(servers: list[Server]) -> list[tuple[Server, float, float, float]]:
+    return [(s, *s.times(), time.monotonic()) for s in servers]
+
+
+def usage(snap: list[tuple[Server, float, float, float]]) -> dict[str, dict[str, float]]:
+    """Per server since the snapshot: CPU seconds, and CPU use and wait as shares of wall."""
+    out = {}
+    for server, cpu0, wait0, t0 in snap:
+        (cpu, wait), wall = server.times(), time.monotonic() - t0
+        out[server.name] = {"cpu_s": cpu - cpu0, "util": (cpu - cpu0) / wall}
+        out[server.name]["wait"] = (wait - wait0) / wall
+    return out
+
+
+def options(description: str, example: str) -> argparse.ArgumentParser:
+    """A parser with the options every benchmark shares."""
+    p = argparse.ArgumentParser(
+        description=f"{description} (see bench/README.md)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add = p.add_argument
+    extra = f"e.g. '{example}'; {{tmp}}: the run's temporary directory, {{redis}}: --redis's URL"
+    add("--server-args", default="", help=f"more run.py arguments, one string: {extra}")
+    add("--server-cmd", default=f"{shlex.quote(sys.executable)} run.py", help="server command")
+    add("--token", help="run servers with --api-token TOKEN; send it on every request")
+    add("--redis", action="store_true", help="start a private redis-server for the run")
+    add("--server-cpu", type=int, default=0, help="CPU for the servers (and redis)")
+    add("--client-cpu", type=int, default=1, help="CPU for wrk and the clients")
+    add("--no-pin", action="store_true", help="do not pin with taskset")
+    add("--json", metavar="FILE", help="also write the raw numbers as JSON")
+    add("--keep", action="store_true", help="keep the temporary directory (logs, database)")
+    return p
+
+
+class Bench:
+    """One benchmark run: pinning, its temporary directory, a private Redis, the servers."""
+
+    def __init__(self, args: argparse.Namespace, script: str, argv: list[str]) -> None:
+        self.args, self.command = args, shlex.join(["python", f"bench/{script}", *argv])
+        import tornado
+
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", "tracker", "run.py")
+        self.environment = (
+            f"python {platform.python_version()}, tornado {tornado.version}, "
+            f"{len(os.sched_getaffinity(0))} CPUs usable, load avg {os.getloadavg()[0]:.2f}, git "
+            f"{git('rev-parse', '--short', 'HEAD')}{' (tracker/ or run.py modified)' * bool(dirty)}"
+        )
+        if args.no_pin or len(os.sched_getaffinity(0)) < 2:
+            args.server_cpu = args.client_cpu = None
+        self.tmp = tempfile.mkdtemp(prefix=f"bench-{script[:-3]}-")
+        if not args.keep:  # also on an error or Ctrl-C: a database can be large
+            atexit.register(shutil.rmtree, self.tmp, True)
+        self.headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
+        self.servers: list[Server] = []
+        self.redis: Server | None = None
+        if args.redis:
+            port = free_port()
+            argv = f"redis-server --port {port} --bind 127.0.0.1 --appendonly no --dir".split()
+            argv += [self.tmp, "--save", ""]
+            self.redis = Server("redis", argv, port, args.server_cpu, self.tmp)
+            self.redis.ready = None
+
+    def expand(self, text: str) -> str:
+        if "{redis}" in text and self.redis is None:
+            raise SystemExit("{redis} in server arguments needs --redis")
+        if self.redis is not None:
+            text = text.replace("{redis}", f"redis://127.0.0.1:{self.redis.port}/0")
+        return text.replace("{tmp}", self.tmp)
+
+    def server(self, name: str, extra: str = "", bare: bool = False) -> Server:
+        """A project server: --server-cmd, the port, the token, --server-args and `extra`
+        (run.py arguments, or a whole command if it does not start with '-'); or
+        bench/bare_server.py.
+        """
+        port, args = free_port(), self.args
+        words, command = shlex.split(self.expand(extra)), shlex.split(args.server_cmd)
+        if words and not words[0].startswith("-"):
+            command, words = words, []
+        if bare:
+            command, words = [sys.executable, str(REPO / "bench" / "bare_server.py")], []
+        token = ["--api-token", args.token] if args.token and not bare else []
+        common = [] if bare else shlex.split(self.expand(args.server_args))
+        argv = [*command, "--port", str(port), *token, *common, *words]
+        server = Server(name, argv, port, args.server_cpu, self.tmp)
+        server.headers = {} if bare else self.headers
+        self.servers.append(server)
+        return server
+
+    @property
+    def measured(self) -> list[Server]:
+        return self.servers + ([self.redis] if self.redis else [])
+
+    def start(self) -> None:
+        for server in ([self.redis] if self.redis else []) + self.servers:
+            server.start()
+
+    def stop(self) -> None:
+        for server in self.measured:
+            server.stop()
+
+    def head(self, title: str, *lines: str) -> None:
+        args = self.args
+        print(f"\n## {title}\n\n- command: `{self.command}`\n- environment: {self.environment}")
+        for server in self.measured:
+            print(f"- {server.name}: `{shlex.join(server.argv)}`")
+        where = f"servers on CPU {args.server_cpu}, load and clients on CPU {args.client_cpu}"
+        print(f"- pinning: {where if args.server_cpu is not None else 'none'}")
+        for line in lines:
+            print(f"- {line}")
+
+    def tail(self) -> None:
+        """Every server's exit code and suspicious stderr lines."""
+        for server in self.measured:
+            bad = [line for line in server.stderr() if TROUBLE.search(line)]
+            shown = f": {'; '.join(bad[:3])}" if bad else ""
+            print(f"- {server.name}: exit code {server.code}, stderr problems {len(bad)}{shown}")
+
+    def dump(self, data: Any) -> None:
+        if self.args.json:
+            Path(self.args.json).write_text(json.dumps(data, indent=1, default=str))
+
+
+def git(*cmd: str) -> str:
+    return subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True).stdout.strip()
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def percentile(values: list[float], pct: float) -> float:
+    """Nearest-rank percentile (pct 0..100); nan when empty."""
+    ordered = sorted(values)
+    return ordered[max(1, -int(-len(ordered) * pct // 100)) - 1] if ordered else float("nan")
+
+
+def med(runs: list[dict], key: str, fmt: str = ".1f") -> str:
+    """The median of one field over runs, formatted; "-" if the runs lack it."""
+    return format(median([r[key] for r in runs]), fmt) if runs and key in runs[0] else "-"
+
+
+def problems(checks: Counter[str]) -> Any:
+    """The counts of check_clients that are problems, or "none"."""
+    return {k: v for k, v in checks.items() if v and k not in ("expected", "received")} or "none"
+
+
+def progress(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def table(head: str, rows: list[str]) -> None:
+    """A markdown table; the head and each row are cells joined by " | "."""
+    print(f"\n| {head} |\n|" + "---|" * (head.count(" | ") + 1))
+    for row in rows:
+        print(f"| {row} |")
+    print()
+
+
+def http_request(port: int, method: str, path: str, body: Any = None, headers: Any = None) -> tuple:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     try:
         conn.request(method, path, body=body, headers=headers or {})
         resp = conn.getresponse()
@@ -272,367 +339,105 @@ def http_request(
         conn.close()
 
 
-# -- client processes with a line-JSON command channel (bench/live.py, bench/soak.py) --
+def last_id(port: int, headers: dict[str, str]) -> int:
+    status, body = http_request(port, "GET", READY, headers=headers)
+    items = json.loads(body) if status == 200 else []
+    return items[-1]["id"] if items else 0
 
 
-class ClientProc:
-    """A client subprocess: commands go to its stdin, one JSON answer a line comes back."""
-
-    def __init__(self, proc: asyncio.subprocess.Process, what: str = "client process") -> None:
-        self.proc = proc
-        self.what = what
-
-    async def ask(self, command: str, timeout: float = 30) -> dict[str, Any]:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(command.encode() + b"\n")
-        await self.proc.stdin.drain()
-        line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
-        if not line:
-            raise RuntimeError(f"{self.what} exited ({await self.proc.wait()})")
-        return json.loads(line)
-
-    async def tell(self, command: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(command.encode() + b"\n")
-        await self.proc.stdin.drain()
-
-    async def stop(self) -> None:
-        """Say quit (if it still listens), then wait for it; SIGKILL after 10 s."""
-        try:
-            await self.tell("quit")
-        except (ConnectionError, RuntimeError):
-            pass
-        try:
-            await asyncio.wait_for(self.proc.wait(), 10)
-        except TimeoutError:
-            self.proc.kill()
-            await self.proc.wait()
-
-
-async def spawn_client(
-    script: str, args: Sequence[str], cpu: int | None, log: str
-) -> asyncio.subprocess.Process:
-    """`python SCRIPT ARGS` (pinned to cpu) in its own session, stderr appended to log;
-    kill_children() kills it if it is still running.
-    """
-    with open(log, "ab") as err:
-        proc = await asyncio.create_subprocess_exec(
-            *pin_prefix(cpu),
-            python(),
-            os.path.abspath(script),
-            *args,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=err,
-            limit=64 * 1024 * 1024,
-            start_new_session=True,
-            preexec_fn=die_with_parent,
-        )
-    _CLIENT_PROCS.append(proc)
-    return proc
-
-
-def run_async_main(main: Any) -> int:
-    """asyncio.run(main) with signal handlers; on Ctrl-C/SIGTERM kill every child, 130."""
-    raise_nofile(4096)
-    install_signal_handlers()
-    try:
-        return asyncio.run(main)
-    except KeyboardInterrupt:
-        kill_children()
-        print("interrupted", file=sys.stderr)
-        return 130
-
-
-# -- the raw WebSocket handshake (the lean clients of bench/live.py and bench/soak.py) ----
-
-
-def ws_upgrade_request(path: str, port: int, auth: bytes = b"") -> tuple[bytes, bytes]:
-    """A WebSocket upgrade request for 127.0.0.1:port; returns (request, Sec-WebSocket-Key)."""
-    key = base64.b64encode(os.urandom(16))
-    request = (
-        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n".encode()
-        + b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: "
-        + key
-        + b"\r\nSec-WebSocket-Version: 13\r\n"
-        + auth
-        + b"\r\n"
-    )
-    return request, key
-
-
-def read_response_head(sock: socket.socket) -> tuple[bytes, bytes, bool]:
-    """Read an HTTP response head from a blocking socket: (head, bytes after it, whether
-    the status is 101 Switching Protocols).
-    """
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("server closed during the WebSocket handshake")
-        data += chunk
-    head, rest = data.split(b"\r\n\r\n", 1)
-    return head, rest, b" 101 " in head.split(b"\r\n", 1)[0] + b" "
-
-
-# The Lua reporter: wrk's own summary rounds; this prints exact numbers as one JSON line.
+# wrk's own summary rounds; this reporter prints exact numbers as one JSON line.
 _LUA_DONE = r"""
 done = function(summary, latency, requests)
   local e = summary.errors
-  io.write(string.format(
-    "BENCH_JSON {\"requests\":%d,\"duration_us\":%d,\"bytes\":%d," ..
-    "\"p50_us\":%d,\"p90_us\":%d,\"p99_us\":%d,\"max_us\":%d,\"mean_us\":%.1f," ..
-    "\"connect\":%d,\"read\":%d,\"write\":%d,\"status\":%d,\"timeout\":%d}\n",
-    summary.requests, summary.duration, summary.bytes,
-    latency:percentile(50), latency:percentile(90), latency:percentile(99),
-    latency.max, latency.mean,
+  io.write(string.format("BENCH_JSON {\"requests\":%d,\"duration_us\":%d,\"bytes\":%d," ..
+    "\"p50_us\":%d,\"p99_us\":%d,\"max_us\":%d,\"connect\":%d,\"read\":%d,\"write\":%d," ..
+    "\"status\":%d,\"timeout\":%d}\n", summary.requests, summary.duration, summary.bytes,
+    latency:percentile(50), latency:percentile(99), latency.max,
     e.connect, e.read, e.write, e.status, e.timeout))
 end
 """
 
 
-def lua_quote(text: str) -> str:
-    return json.dumps(text)  # a JSON string literal is a valid Lua string literal here
-
-
-def write_wrk_script(
-    directory: str,
-    name: str,
-    method: str,
-    path: str,
-    body: str = "",
-    headers: dict[str, str] | None = None,
-    body_file: str | None = None,
-) -> str:
-    """A static request (wrk pre-builds it: no Lua per request) plus the reporter.
-
-    body_file: read the body from this file when wrk starts (for large bodies, e.g. a
-    prebuilt batch), instead of the `body` string.
+def wrk_script(tmp: str, name: str, method: str, path: str, headers: dict, body: Any = None) -> str:
+    """A static request (wrk builds it once: no Lua per request) and the reporter; a body
+    goes to a file that wrk reads when it starts.
     """
-    lines = [f"wrk.method = {lua_quote(method)}", f"wrk.path = {lua_quote(path)}"]
-    for key, value in (headers or {}).items():
-        lines.append(f"wrk.headers[{lua_quote(key)}] = {lua_quote(value)}")
-    if body_file is not None:
-        lines += [
-            f'local fh = assert(io.open({lua_quote(body_file)}, "rb"))',
-            'wrk.body = fh:read("*a")',
-            "fh:close()",
-        ]
+    q, stem = json.dumps, Path(tmp, name)  # a JSON string literal is a valid Lua one here
+    lines = [f"wrk.method = {q(method)}", f"wrk.path = {q(path)}"]
+    lines += [f"wrk.headers[{q(k)}] = {q(v)}" for k, v in headers.items()]
+    if body is not None:
+        stem.with_suffix(".body").write_bytes(body)
+        lines.append(f'local f = io.open({q(str(stem.with_suffix(".body")))}, "rb")')
+        lines.append('wrk.body = f:read("*a")')
     elif method != "GET":
-        # A body string (even empty) makes wrk send Content-Length.
-        lines.append(f"wrk.body = {lua_quote(body)}")
-    script = Path(directory, name + ".lua")
-    script.write_text("\n".join(lines) + "\n" + _LUA_DONE)
-    return str(script)
+        lines.append('wrk.body = ""')  # so that wrk sends Content-Length: 0
+    stem.with_suffix(".lua").write_text("\n".join(lines) + "\n" + _LUA_DONE)
+    return str(stem.with_suffix(".lua"))
 
 
-def wrk_command(
-    port: int, script: str, connections: int, threads: int, duration: float, cpu: int | None
-) -> list[str]:
-    return [
-        *pin_prefix(cpu),
-        "wrk",
-        f"-t{threads}",
-        f"-c{connections}",
-        f"-d{max(1, round(duration))}s",
-        "--latency",
-        "-s",
-        script,
-        f"http://127.0.0.1:{port}/",
-    ]
+def wrk_argv(port: int, script: str, conns: int, secs: float, cpu: Any, timeout: int = 2) -> list:
+    options = f"-t1 -c{conns} -d{max(1, round(secs))}s --timeout {timeout}s -s".split()
+    return [*pin(cpu), "wrk", *options, script, f"http://127.0.0.1:{port}/"]
 
 
-def run_wrk(argv: list[str], duration: float) -> dict[str, Any]:
-    """Run wrk to completion; returns its numbers (req/s, latency in ms, errors)."""
-    proc = track_child(
-        subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    )
+def run_wrk(argv: list[str], seconds: float) -> dict[str, Any]:
+    """Run wrk to the end: req/s, latency in ms, bytes per answer, errors."""
+    pipe = subprocess.PIPE
+    proc = subprocess.Popen(argv, stdout=pipe, stderr=pipe, text=True, **CHILD)
+    _CHILDREN.append(proc)
     try:
-        out, err = proc.communicate(timeout=duration + 30)
+        out, err = proc.communicate(timeout=seconds + 90)
     except subprocess.TimeoutExpired:
         proc.kill()
-        out, err = proc.communicate()
         raise RuntimeError(f"wrk did not finish: {shlex.join(argv)}") from None
-    match = re.search(r"^BENCH_JSON (\{.*\})$", out, re.MULTILINE)
-    if proc.returncode != 0 or match is None:
+    if proc.returncode or not (match := re.search(r"^BENCH_JSON (\{.*\})$", out, re.MULTILINE)):
         raise RuntimeError(f"wrk failed ({proc.returncode}): {shlex.join(argv)}\n{out}\n{err}")
     raw = json.loads(match.group(1))
-    seconds = raw["duration_us"] / 1e6
-    errors = {k: raw[k] for k in ("connect", "read", "write", "status", "timeout") if raw[k]}
+    n, errors = raw["requests"], ("connect", "read", "write", "status", "timeout")
     return {
-        "rps": raw["requests"] / seconds if seconds else 0.0,
-        "requests": raw["requests"],
-        "p50_ms": raw["p50_us"] / 1000,
-        "p90_ms": raw["p90_us"] / 1000,
-        "p99_ms": raw["p99_us"] / 1000,
-        "max_ms": raw["max_us"] / 1000,
-        "bytes_per_req": raw["bytes"] / raw["requests"] if raw["requests"] else 0,
-        "errors": errors,
+        "requests": n,
+        "rps": n / (raw["duration_us"] / 1e6),
+        **{f"{k}_ms": raw[f"{k}_us"] / 1000 for k in ("p50", "p99", "max")},
+        "bytes_per_req": raw["bytes"] / n if n else 0,
+        "errors": {k: raw[k] for k in errors if raw[k]},
     }
 
 
-def run_wrk_on(server: Server, argv: list[str], duration: float) -> tuple[dict[str, Any], float]:
-    """run_wrk, plus what the server process did meanwhile: "server_wait" (share of the
-    run it waited for its CPU) and "server_util" in the result; returns (result, server
-    CPU seconds).
-    """
-    pid = server.proc.pid  # type: ignore[union-attr]
-    cpu0, wait0, t0 = process_cpu_seconds(pid), process_wait_seconds(pid), time.monotonic()
-    res = run_wrk(argv, duration)
-    wall = time.monotonic() - t0
-    cpu = process_cpu_seconds(pid) - cpu0
-    res["server_wait"] = (process_wait_seconds(pid) - wait0) / wall
-    res["server_util"] = cpu / wall
-    return res, cpu
-
-
-def median(values: Sequence[float]) -> float:
-    return statistics.median(values) if values else float("nan")
-
-
-def percentile(values: Sequence[float], pct: float) -> float:
-    """Nearest-rank percentile (pct in 0..100) of unsorted values; nan when empty."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    rank = max(1, -(-len(ordered) * pct // 100))  # ceil
-    return ordered[min(int(rank), len(ordered)) - 1]
-
-
-def git_revision() -> str:
-    try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "--", "tracker", "run.py"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
-        return rev + (" (tracker/ or run.py modified)" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def environment_line() -> str:
-    import tornado
-
-    return (
-        f"python {platform.python_version()}, tornado {tornado.version}, "
-        f"{cpu_count()} CPUs usable, load avg {os.getloadavg()[0]:.2f}, "
-        f"git {git_revision()}"
-    )
-
-
-def verdict(ok: bool) -> str:
-    """How a report names a target's outcome."""
-    return "met" if ok else "MISSED"
-
-
-def add_server_options(p: argparse.ArgumentParser, example: str) -> None:
-    """The options every benchmark shares: the server, its token, pinning, JSON output."""
-    p.add_argument(
-        "--server-args",
-        default="",
-        help="extra run.py arguments (one shell-quoted string); {tmp} is replaced by a fresh "
-        f"temporary directory, e.g. '{example}'",
-    )
-    p.add_argument(
-        "--server-cmd",
-        default=f"{shlex.quote(python())} run.py",
-        help="project server command (run from the repo root); --port P is appended",
-    )
-    p.add_argument(
-        "--token",
-        help="run the server with --api-token TOKEN; every request and client sends it, so "
-        "the cost of the check is measured too",
-    )
-    p.add_argument("--server-cpu", type=int, default=0, help="CPU for the servers")
-    p.add_argument("--client-cpu", type=int, default=1, help="CPU for load and clients")
-    p.add_argument(
-        "--nice",
-        type=int,
-        default=0,
-        help="niceness for the servers, load generators and clients; e.g. -10 (as root) "
-        "shields them from other work on a shared machine",
-    )
-    p.add_argument("--no-pin", action="store_true", help="do not pin with taskset")
-    p.add_argument("--json", metavar="FILE", help="also write the raw results as JSON")
-
-
-def apply_pinning(args: argparse.Namespace) -> None:
-    """No CPUs to pin to (--no-pin, or a single CPU): server_cpu and client_cpu are None."""
-    if args.no_pin or cpu_count() < 2:
-        args.server_cpu = args.client_cpu = None
-
-
-def python() -> str:
-    return sys.executable
-
-
-# -- realistic activities (for batch bodies and the soak test) ------------------------
-
-_ACTIONS = (
-    ("view", 40),
-    ("click", 25),
-    ("search", 10),
-    ("update", 8),
-    ("login", 6),
-    ("logout", 4),
-    ("export", 3),
-    ("delete", 2),
-    ("permission_change", 2),
-)
+_ACTIONS = "view click search update login logout export delete permission_change".split()
+_WEIGHTS = (40, 25, 10, 8, 6, 4, 3, 2, 2)
 _AGENTS = (
-    "Firefox 131 on Linux",
-    "Chrome 129 on Windows 10",
-    "Safari 17.6 on macOS 14.6",
-    "Edge 129 on Windows 11",
-    "okhttp/4.12.0 (Android app 3.18.2)",
-)
+    "Firefox 131 on Linux|Chrome 129 on Windows 10|Safari 17.6 on macOS 14.6|"
+    "Edge 129 on Windows 11|okhttp/4.12.0 (Android app 3.18.2)"
+).split("|")
 _PAGES = ("/reports/2025/q3", "/settings/profile", "/billing/invoices", "/admin/users", "/home")
+_WORDS = ("invoice", "overdue", "march", "acme", "refund", "contract", "q3")
 
 
 def realistic_activity(rng: Any, unicode: bool = False) -> dict[str, str | None]:
-    """One {"user_id", "action", "details"} item of realistic size (details: ~10% null,
-    mostly 30-200 characters, ~2% about 1 KB, like a stack trace or a diff).
-    unicode: sometimes put non-ASCII characters in details.
+    """{"user_id", "action", "details"} of realistic size: 5,000 users, 9 actions, details
+    ~10% null, mostly 30-200 characters, ~2% about 1 KB (a stack trace); unicode: some
+    non-ASCII details.
     """
-    user = f"user_{rng.randint(1, 5000):04d}"
-    action = rng.choices([a for a, _ in _ACTIONS], [w for _, w in _ACTIONS])[0]
-    roll = rng.random()
-    ip = f"10.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}"
-    if roll < 0.10:
-        details = None
-    elif roll < 0.12:
-        frames = "".join(
+    r = rng.randint
+    user, action = f"user_{r(1, 5000):04d}", rng.choices(_ACTIONS, _WEIGHTS)[0]
+    roll, ip = rng.random(), f"10.{r(0, 255)}.{r(0, 255)}.{r(1, 254)}"
+    details: str | None = None
+    if 0.10 <= roll < 0.12:
+        details = f"Client error report from {ip}: Traceback (most recent call last):" + "".join(
             f'\n  File "/srv/app/{rng.choice(("api", "jobs", "models"))}/mod{i}.py", '
-            f"line {rng.randint(10, 900)}, in handler_{i}"
-            for i in range(rng.randint(10, 16))
+            f"line {r(10, 900)}, in handler_{i}"
+            for i in range(r(10, 16))
         )
-        details = f"Client error report from {ip}: Traceback (most recent call last):{frames}"
-    elif roll < 0.45:
-        details = (
-            f"Viewed {rng.choice(_PAGES)}?page={rng.randint(1, 40)}&sort=desc from {ip} "
-            f"({rng.choice(_AGENTS)})"
-        )
-    elif roll < 0.65:
+    elif 0.12 <= roll < 0.45:
+        page = rng.choice(_PAGES)
+        details = f"Viewed {page}?page={r(1, 40)}&sort=desc from {ip} ({rng.choice(_AGENTS)})"
+    elif 0.45 <= roll < 0.65:
         fields = rng.sample(["email", "display_name", "timezone", "phone", "avatar", "role"], 2)
         details = f"Updated fields {', '.join(fields)}; request id {rng.getrandbits(64):016x}"
-    elif roll < 0.85:
-        words = " ".join(
-            rng.choice(("invoice", "overdue", "march", "acme", "refund", "contract", "q3"))
-            for _ in range(rng.randint(1, 5))
-        )
-        hits, ms = rng.randint(0, 500), rng.randint(3, 900)
-        details = f"Search '{words}' returned {hits} results in {ms} ms"
-    else:
+    elif 0.65 <= roll < 0.85:
+        words = " ".join(rng.choice(_WORDS) for _ in range(r(1, 5)))
+        details = f"Search '{words}' returned {r(0, 500)} results in {r(3, 900)} ms"
+    elif roll >= 0.85:
         details = f"Login from {ip} via SSO ({rng.choice(('okta', 'google', 'azure-ad'))})"
     if unicode and details is not None and rng.random() < 0.2:
         details += rng.choice((" — café ünïcode", " 日本語のメモ", " emoji ✅🚀"))
@@ -640,9 +445,366 @@ def realistic_activity(rng: Any, unicode: bool = False) -> dict[str, str | None]
 
 
 def batch_body(size: int, seed: int = 1) -> bytes:
-    """A JSON array of `size` realistic items, compact, deterministic for a seed."""
-    import random
-
+    """A compact JSON array of `size` realistic items, the same for a seed."""
     rng = random.Random(seed)
     items = [realistic_activity(rng) for _ in range(size)]
     return json.dumps(items, separators=(",", ":")).encode()
+
+
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; SCM_TIMESTAMPNS is the same
+ID_RE, LAST_ID_RE = re.compile(rb'"id":(\d+)'), re.compile(rb'"last_id":(\d+)')
+TYPE_RE, ACTIVITIES = re.compile(rb'"type":"([a-z_]+)"'), b'{"type":"activities"'
+
+
+def ws_connect(port: int, path: str, auth: str) -> tuple[socket.socket, bytes]:
+    """The upgrade, written by hand on a blocking socket, Sec-WebSocket-Accept checked;
+    returns (socket, bytes after the answer's head). RuntimeError if refused.
+    """
+    sock = socket.create_connection(("127.0.0.1", port), 30)
+    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: "
+        f"Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{auth}\r\n".encode()
+    )
+    data = b""
+    while b"\r\n\r\n" not in data and (chunk := sock.recv(65536)):
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    digest = hashlib.sha1(key.encode() + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest()
+    if not head.startswith(b"HTTP/1.1 101 ") or base64.b64encode(digest) not in head:
+        sock.close()
+        raise RuntimeError(f"handshake refused: {head[:100]!r}")
+    return sock, rest
+
+
+def masked_frame(opcode: int, payload: bytes) -> bytes:
+    """A client-to-server frame (clients must mask); payloads here are < 126 bytes."""
+    key = os.urandom(4)
+    masked = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+    return bytes([0x80 | opcode, 0x80 | len(payload)]) + key + masked
+
+
+def activity_ids(payload: bytes) -> range | list[int]:
+    """The ids of a long activities message: a range from its first id and their count, if
+    the last id agrees; else every id.
+    """
+    if match := ID_RE.search(payload):
+        first, count = int(match.group(1)), payload.count(b'"id":')
+        tail = ID_RE.match(payload, payload.rfind(b'{"id":') + 1)
+        if tail and int(tail.group(1)) - first == count - 1:
+            return range(first, first + count)
+    return [int(x) for x in ID_RE.findall(payload)]
+
+
+class Stream:
+    """One client's connection and what it saw: hellos, a reset, ids as runs of consecutive
+    ids, ids at or below an earlier one (backwards), other messages, the close.
+    """
+
+    STATE = "since hello_last hellos before_hello reset close top other runs count backwards open"
+    __slots__ = (*STATE.split(), "sock", "fd", "buf", "frag", "mode", "closing")
+
+    def __init__(self, sock: socket.socket, since: int | None = None) -> None:
+        self.sock, self.fd, self.since, self.buf, self.frag = sock, sock.fileno(), since, b"", None
+        self.open, self.hello_last, self.hellos, self.before_hello = True, None, 0, 0
+        self.reset = self.close = self.mode = None  # mode, closing: a churner's
+        self.top, self.closing = -1, False  # top: -1 until the hello says where we stand
+        self.other: Counter[str] = Counter()
+        self.forget()
+
+    def forget(self) -> None:
+        self.runs: list[list[int]] = []
+        self.count = self.backwards = 0
+
+    def on_message(self, payload: bytes) -> range | list[int]:
+        if payload.startswith(ACTIVITIES):
+            long, runs = len(payload) > 4096, self.runs  # long: a batch or a replay
+            ids = activity_ids(payload) if long else [int(x) for x in ID_RE.findall(payload)]
+            self.before_hello += not self.hellos
+            self.count += len(ids)
+            consecutive = ids and ids[-1] - ids[0] == len(ids) - 1
+            for a, b in ((ids[0], ids[-1]),) if consecutive else zip(ids, ids, strict=True):
+                self.backwards += a <= self.top
+                if runs and runs[-1][1] + 1 == a:
+                    runs[-1][1] = b
+                else:
+                    runs.append([a, b])
+                if b > self.top:
+                    self.top = b
+            return ids
+        kind = m.group(1).decode() if (m := TYPE_RE.search(payload)) else "?"
+        if kind == "hello" and not self.hellos:
+            found = LAST_ID_RE.search(payload)
+            self.hello_last = int(found.group(1)) if found else 0
+            if self.top < 0:  # what follows is after `since`, or after the hello's last_id
+                self.top = self.since if self.since is not None else self.hello_last
+        elif kind == "reset":
+            self.reset, self.top = json.loads(payload).get("reason"), -1
+        elif kind != "hello":
+            self.other[kind] += 1
+        self.hellos += kind == "hello"
+        return []
+
+    def state(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.STATE.split()}
+
+
+class WsClients:
+    """Many WebSocket clients in one epoll loop (no asyncio): raw sockets, a minimal frame
+    parser; driven by line commands on stdin, one JSON line answered per question.
+    """
+
+    def __init__(self, token: str | None = None) -> None:
+        self.auth = f"Authorization: Bearer {token}\r\n" if token else ""
+        self.streams: dict[int, Stream] = {}
+        self.ep, self.timing, self.bad_frames = select.epoll(), False, 0
+        self.closes: Counter[str] = Counter()
+        self.reset()
+
+    def reset(self) -> None:
+        self.seen: dict[int, list[int]] = {}  # id -> [latest kernel receipt, latest app receipt]
+        self.cpu0, self.wall0 = sum(os.times()[:2]), time.monotonic()
+        for stream in self.streams.values():
+            stream.forget()
+
+    def connect(self, port: int, path: str = LIVE, since: int | None = None) -> Stream:
+        sock, rest = ws_connect(port, path, self.auth)
+        sock.setblocking(False)
+        stream = self.streams[sock.fileno()] = Stream(sock, since)
+        self.ep.register(stream.fd, select.EPOLLIN)
+        self.feed(stream, rest, 0, time.time_ns())
+        return stream
+
+    def on_readable(self, stream: Stream) -> None:
+        try:
+            data, anc, _, _ = stream.sock.recvmsg(65536, 64)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data, anc = b"", []
+        app_ns, kernel_ns = time.time_ns(), 0
+        for level, kind, cdata in anc:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(cdata) >= 16:
+                sec, nsec = struct.unpack_from("qq", cdata)
+                kernel_ns = sec * 1_000_000_000 + nsec
+        if not data:
+            return self.drop(stream, "eof")
+        self.feed(stream, data, kernel_ns, app_ns)
+
+    def feed(self, stream: Stream, chunk: bytes, kernel_ns: int, app_ns: int) -> None:
+        """Parse frames: unmasked, 7/16/64-bit lengths, fragments; answer ping and close."""
+        data = stream.buf + chunk if stream.buf else chunk
+        off, size = 0, len(data)
+        while size - off >= 2:
+            b0, b1 = data[off], data[off + 1]
+            length, head = b1 & 0x7F, 2
+            if length >= 126:
+                head = 4 if length == 126 else 10
+                if size - off < head:
+                    break
+                length = int.from_bytes(data[off + 2 : off + head], "big")
+            if b1 & 0x80:  # servers must not mask
+                self.bad_frames, head = self.bad_frames + 1, head + 4
+            if size - off < head + length:
+                break
+            payload, opcode = data[off + head : off + head + length], b0 & 15
+            off += head + length
+            if opcode in (1, 2) and b0 & 0x80:
+                self.on_text(stream, payload, kernel_ns, app_ns)
+            elif opcode in (0, 1, 2) and (opcode or stream.frag is not None):  # fragments
+                stream.frag = (stream.frag or b"") + payload if opcode == 0 else payload
+                if b0 & 0x80:
+                    self.on_text(stream, stream.frag, kernel_ns, app_ns)
+                    stream.frag = None
+            elif opcode == 0x9:
+                self.send(stream, masked_frame(0xA, payload))
+            elif opcode == 0x8:
+                self.send(stream, masked_frame(0x8, payload[:2]))
+                code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+                return self.drop(stream, str(code))
+            elif opcode != 0xA:
+                self.bad_frames += 1
+        stream.buf = data[off:] if off < size else b""
+
+    def on_text(self, stream: Stream, payload: bytes, kernel_ns: int, app_ns: int) -> None:
+        ids = stream.on_message(payload)
+        if self.timing:
+            seen = self.seen
+            for id_ in ids:
+                if (rec := seen.get(id_)) is None:
+                    seen[id_] = [kernel_ns, app_ns]
+                else:  # one process reads in order: its latest app receipt is the last
+                    rec[0], rec[1] = max(rec[0], kernel_ns), app_ns
+
+    def send(self, stream: Stream, frame: bytes) -> None:
+        with contextlib.suppress(OSError):
+            stream.sock.send(frame)
+
+    def drop(self, stream: Stream, why: str) -> None:
+        if stream.open:
+            stream.open, stream.close = False, why
+            self.closes[why] += 1
+            with contextlib.suppress(OSError, ValueError):
+                self.ep.unregister(stream.fd)
+            stream.sock.close()
+
+    def status(self) -> dict[str, Any]:
+        live = [s.top for s in self.streams.values() if s.open]
+        hellos = sum(s.hellos > 0 for s in self.streams.values())
+        return {"open": len(live), "hellos": hellos, "min_last": min(live, default=-1)}
+
+    def report(self) -> dict[str, Any]:
+        cpu, wall = sum(os.times()[:2]) - self.cpu0, time.monotonic() - self.wall0
+        out = self.status() | {"clients": [s.state() for s in self.streams.values()]}
+        out.update(bad_frames=self.bad_frames, closes=self.closes, seen=self.seen)
+        return out | {"cpu_s": cpu, "wall_s": wall}
+
+    def command(self, line: str) -> bool:
+        """Answer one command; False to end the loop."""
+        if line.startswith("timing"):
+            self.timing = line == "timing on"
+        elif line == "reset":
+            self.reset()
+        elif line in ("status", "report"):
+            self.reply(getattr(self, line)())
+        elif line == "quit":
+            for stream in self.streams.values():
+                self.send(stream, masked_frame(0x8, (1000).to_bytes(2, "big")))
+                stream.sock.close()
+        return line != "quit"
+
+    def tick(self) -> float:
+        """Periodic work between polls (a subclass's); returns the seconds to the next."""
+        return 1.0
+
+    def run(self) -> None:
+        stdin, pending = sys.stdin.fileno(), b""
+        os.set_blocking(stdin, False)
+        self.ep.register(stdin, select.EPOLLIN)
+        while True:
+            for fd, _event in self.ep.poll(self.tick(), 1024):
+                if (stream := self.streams.get(fd)) is not None:
+                    self.on_readable(stream)
+                elif not (chunk := os.read(stdin, 65536)):
+                    return  # the parent is gone
+                else:
+                    *lines, pending = (pending + chunk).split(b"\n")
+                    if not all(self.command(line.decode().strip()) for line in lines):
+                        return
+
+    @staticmethod
+    def reply(obj: dict[str, Any]) -> None:
+        sys.stdout.write(json.dumps(obj) + "\n")
+        sys.stdout.flush()
+
+
+class Pool:
+    """Client processes, each answering one JSON line per command on its stdin."""
+
+    def __init__(self, cpu: int | None, log: str) -> None:
+        self.cpu, self.log, self.procs = cpu, log, []
+
+    def start(self, script: str, argvs: list[list[str]]) -> None:
+        """One process per argv; each says it is ready with a first line."""
+        with open(self.log, "ab") as err:
+            for argv in argvs:
+                cmd, pipe = [*pin(self.cpu), sys.executable, script, *argv], subprocess.PIPE
+                proc = subprocess.Popen(cmd, stdin=pipe, stdout=pipe, stderr=err, **CHILD)
+                self.procs.append(proc)
+        _CHILDREN.extend(self.procs)
+        for proc in self.procs:
+            self.answer(proc, 180)
+
+    def answer(self, proc: subprocess.Popen, timeout: float = 60) -> Any:
+        assert proc.stdout is not None
+        ready = select.select([proc.stdout], [], [], timeout)[0]
+        if not ready or not (line := proc.stdout.readline()):
+            tail = Path(self.log).read_text(errors="replace")[-800:]
+            raise RuntimeError(f"a client process did not answer ({proc.poll()}): {tail}")
+        return json.loads(line)
+
+    def tell(self, command: str) -> None:
+        for proc in self.procs:
+            assert proc.stdin is not None
+            proc.stdin.write(command.encode() + b"\n")
+            proc.stdin.flush()
+
+    def all(self, command: str) -> list[dict[str, Any]]:
+        self.tell(command)
+        return [self.answer(proc) for proc in self.procs]
+
+    def caught_up(self, last: int, timeout: float) -> tuple[float, bool, int]:
+        """Wait until every open client has seen `last`: (seconds, whether, open clients)."""
+        t0 = time.monotonic()
+        while True:
+            status = self.all("status")
+            opened = sum(s["open"] for s in status)
+            done = min((s["min_last"] for s in status if s["open"]), default=-1) >= last
+            if done or not opened or time.monotonic() - t0 > timeout:
+                return time.monotonic() - t0, done, opened
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            self.tell("quit")
+        for proc in self.procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.procs = []
+
+
+def ws_pool(args: Any, ports: list[int], count: int, log: str) -> Pool:
+    """`count` WebSocket clients over args.client_procs processes on the client CPU,
+    round-robin over the ports.
+    """
+    pool, procs, argvs = Pool(args.client_cpu, log), max(1, min(args.client_procs, count)), []
+    for i in range(procs):
+        offset = i * (count // procs) + min(i, count % procs)
+        n = count // procs + (i < count % procs)
+        argvs.append([",".join(map(str, ports)), str(n), str(offset), args.token or ""])
+    pool.start(__file__, argvs)
+    return pool
+
+
+def check_clients(reports: list[dict[str, Any]], acked: list[int]) -> Counter[str]:
+    """Every client of these WsClients reports against the sorted acknowledged ids it should
+    have got: after `since`, or its hello's last_id, or its first id after a reset; up to
+    its last id if it has closed. Counts missed, unexpected (received, never acknowledged),
+    duplicated, out of order, and protocol problems; summed.
+    """
+    total: Counter[str] = Counter()
+    for c in (c for r in reports for c in r["clients"]):
+        start = c["since"] if c["since"] is not None else c["hello_last"] or 0
+        start = c["runs"][0][0] - 1 if c["reset"] and c["runs"] else start
+        end = bisect_right(acked, c["top"]) if not c["open"] else len(acked)
+        expected, merged = acked[bisect_right(acked, start) : end], []
+        for a, b in sorted(c["runs"]):
+            if merged and a <= merged[-1][1] + 1:
+                merged[-1][1] = max(merged[-1][1], b)
+            else:
+                merged.append([a, b])
+        distinct = sum(b - a + 1 for a, b in merged)
+        covered = sum(bisect_right(expected, b) - bisect_left(expected, a) for a, b in merged)
+        missed, n = len(expected) - covered, c["count"]
+        total.update(expected=len(expected), received=n, missed=missed, duplicates=n - distinct)
+        total.update(unexpected=distinct - covered, out_of_order=c["backwards"])
+        total.update(not_one_hello=c["hellos"] != 1, before_hello=c["before_hello"])
+        total.update({f"message {k}": v for k, v in c["other"].items()})
+        total["worst_missed"] = max(total["worst_missed"], missed)
+    total["bad_frames"] = sum(r["bad_frames"] for r in reports)
+    return total
+
+
+if __name__ == "__main__":
+    ports, count, offset, token = sys.argv[1:5]
+    gc.disable()  # no cycles here; collections walking 1,000 clients cost more than messages
+    raise_nofile(int(count) + 256)
+    clients, port_list = WsClients(token or None), [int(p) for p in ports.split(",")]
+    for i in range(int(count)):
+        clients.connect(port_list[(int(offset) + i) % len(port_list)])
+    clients.reply({"ready": len(clients.streams)})
+    clients.run()
