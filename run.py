@@ -176,20 +176,8 @@ def serve(settings: Settings) -> int:
 
 
 def run(settings: Settings, ready: Callable[[], None] | None = None) -> int:
-    """Run main() on the chosen event loop: uvloop when asked for, or when installed."""
-    try:
-        import uvloop
-    except ImportError:
-        uvloop = None
-    if settings.loop == "uvloop" and uvloop is None:
-        print(
-            "error: --loop uvloop: uvloop is not installed (pip install -e '.[fast]')",
-            file=sys.stderr,
-        )
-        return 2
-    if settings.loop == "asyncio" or uvloop is None:
-        return asyncio.run(main(settings, ready))
-    return uvloop.run(main(settings, ready))
+    """One server process, on asyncio's event loop."""
+    return asyncio.run(main(settings, ready))
 
 
 if __name__ == "__main__":

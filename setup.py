@@ -25,8 +25,6 @@ setup(
         "redis[hiredis]>=5.0,<9",
     ],
     extras_require={
-        # An event loop in C; used automatically when installed (--loop asyncio turns it off).
-        "fast": ["uvloop>=0.19,<1"],
         "test": [
             # 9.2 breaks schemathesis 4.32.5's pytest plugin ('_nodeid').
             "pytest>=8,<9.2",

@@ -90,12 +90,10 @@ def test_db_path_is_used_exactly_as_given(tmp_path: Path, name: str) -> None:
     assert made == [name, name + ".signing-key.pem"]
 
 
-@pytest.mark.parametrize(
-    "sig,loop", [(signal.SIGTERM, "auto"), (signal.SIGINT, "asyncio"), (signal.SIGTERM, "uvloop")]
-)
-def test_server_records_then_exits_zero_on_signal(sig: signal.Signals, loop: str) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_server_records_then_exits_zero_on_signal(sig: signal.Signals) -> None:
     port = free_port()
-    proc, url = start("--port", str(port), "--loop", loop)
+    proc, url = start("--port", str(port))
     try:
         assert url == f"http://localhost:{port}/api/ui-dashboard/metrics-dashboard-ui"
         request = urllib.request.Request(

@@ -19,6 +19,10 @@ FIELDS: tuple[tuple[str, int, bool], ...] = (
 )
 
 
+# One encoder for every activity: json.dumps with separators makes a new one per call.
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
 class ValidationError(ValueError):
     """Input that cannot become an activity; names the field at fault."""
 
@@ -78,7 +82,7 @@ def format_timestamp(moment: datetime) -> str:
 
 def now_timestamp() -> str:
     """The current time as an activity timestamp."""
-    return format_timestamp(datetime.now(UTC))
+    return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
 class Activity(NamedTuple):
@@ -105,7 +109,7 @@ class Activity(NamedTuple):
             "timestamp": timestamp,
             "details": data.details,
         }
-        encoded = json.dumps(fields, separators=(",", ":")).encode()
+        encoded = _COMPACT.encode(fields).encode()
         return cls(id, data.user_id, data.action, timestamp, data.details, encoded, key)
 
     @property

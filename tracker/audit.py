@@ -48,6 +48,11 @@ class Chainable(Protocol):
 def canonical(id: int, user_id: str, action: str, timestamp: str, details: str | None) -> bytes:
     """The activity's five fields as RFC 8785 (JCS) JSON, UTF-8."""
     _check_fields(id, user_id, action, timestamp, details)
+    return _canonical(id, user_id, action, timestamp, details)
+
+
+def _canonical(id: int, user_id: str, action: str, timestamp: str, details: str | None) -> bytes:
+    """canonical() of fields known to be of the right types (a stored activity's)."""
     shown = "null" if details is None else _quote(details)
     # Exact JCS here: ASCII keys in sorted order, a safe integer in plain digits, and json's
     # escaper (that of json.dumps with ensure_ascii=False) escapes only " \ and U+0000-U+001F,
@@ -92,8 +97,9 @@ def chain_links(prev: bytes, activities: Iterable[Chainable]) -> list[tuple[byte
     # Pure on purpose: a writer moves its head to the last hash only once the batch commits,
     # so a rolled-back batch leaves the head where it was.
     links = []
-    for activity in activities:
-        digest = activity_hash(prev, activity)
+    for a in activities:
+        text = _canonical(a.id, a.user_id, a.action, a.timestamp, a.details)
+        digest = hashlib.sha256(prev + text).digest()
         links.append((prev, digest))
         prev = digest
     return links

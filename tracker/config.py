@@ -101,11 +101,6 @@ class Settings:
     ws_ping_interval: float = _opt(
         20.0, "seconds between WebSocket pings; a client silent for as long is dropped"
     )
-    loop: str = _opt(
-        "auto",
-        "event loop: uvloop (pip install -e '.[fast]'), asyncio, or auto (uvloop when installed)",
-        choices=("auto", "asyncio", "uvloop"),
-    )
     access_log: bool = _opt(False, "log every request, not just failures (1/0)", minimum=0)
 
 

@@ -243,6 +243,11 @@ class AlertEngine:
         self._reorder()
         return removed
 
+    @property
+    def armed(self) -> bool:
+        """Whether there is any rule to evaluate."""
+        return bool(self._ordered)
+
     def rules(self) -> list[Rule]:
         """Every rule, sorted by name."""
         return [state.rule for state in self._ordered]

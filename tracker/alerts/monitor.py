@@ -88,6 +88,8 @@ class Monitor:
             return [body for activity in activities for body in self.engine.evaluate(activity)]
 
     def _on_published(self, activities: Sequence[Activity]) -> None:
+        if not self.engine.armed:
+            return  # no rules: ingest pays nothing for monitoring
         bodies = self.evaluate(activities)
         if not bodies:
             return

@@ -21,11 +21,13 @@ class APIHandler(JSONErrors):
         self.max_body_size = max_body_size
 
     def set_default_headers(self) -> None:
-        # Every answer is JSON; none may be kept by a cache, or sniffed into another type
-        # when a page loads it as a script or style.
         self.set_header("Content-Type", JSON_TYPE)
-        self.set_header("Cache-Control", "no-store")
-        self.set_header("X-Content-Type-Options", "nosniff")
+        if self.request.method == "GET":
+            # What a reader answers must not be kept by a cache, or sniffed into another
+            # type by a page that loads it as a script. (An answer to a POST is never
+            # cached without freshness headers, RFC 9111 section 9.3.3.)
+            self.set_header("Cache-Control", "no-store")
+            self.set_header("X-Content-Type-Options", "nosniff")
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
@@ -97,7 +99,7 @@ class APIHandler(JSONErrors):
         """The activity fields from a JSON body, or else from the query string and form."""
         if self.has_json_body():
             return self.validated(self.json_body())
-        return self.validated({name: self.argument(name) for name in FIELD_NAMES})
+        return self.validated(params.singles(self.request.arguments, FIELD_NAMES))
 
     @staticmethod
     def validated(values: dict[str, Any], index: int | None = None) -> ActivityInput:

@@ -34,10 +34,23 @@ def filter_values(args: Arguments, name: str) -> frozenset[str]:
 
 def single(args: Arguments, name: str) -> str | None:
     """One value; a repeated name is an error."""
-    found = values(args, name)
-    if len(found) > 1:
-        raise ApiError(400, f"{name} must be given once", name)
-    return found[0] if found else None
+    return singles(args, (name,)).get(name)
+
+
+def singles(args: Arguments, names: tuple[str, ...]) -> dict[str, str]:
+    """The value of each name that is present; a repeated name is an error."""
+    found: dict[str, str] = {}
+    for name in names:
+        raw = args.get(name)
+        if raw is None:
+            continue
+        if len(raw) > 1:
+            raise ApiError(400, f"{name} must be given once", name)
+        try:
+            found[name] = raw[0].decode("utf-8")
+        except UnicodeDecodeError:
+            raise ApiError(400, f"{name} is not valid UTF-8", name) from None
+    return found
 
 
 def flag(args: Arguments, name: str) -> bool:
