@@ -19,7 +19,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from datetime import UTC, datetime, timedelta
@@ -94,16 +93,30 @@ def seed_history(db: str) -> None:
             moment = format_timestamp(start + timedelta(seconds=second))
             activities.append(Activity.create(len(activities) + 1, data, moment))
     store = SQLiteStore(db)
-    committed = threading.Event()
-    store.append(activities, lambda error: committed.set())
-    committed.wait(10)
+    store.append(activities).result(timeout=10)
     store.close()
 
 
+# Armed for the picture: a deploy, a failed login and an export each raise an alert.
+RULES = [
+    {"name": "first-export", "severity": "medium", "kind": "first_seen",
+     "match": {"action": ["export"]}, "group_by": "user_id", "field": "action"},
+    {"name": "failed-login", "severity": "high", "kind": "count",
+     "match": {"action": ["login_failed"]}, "group_by": "user_id", "threshold": 1,
+     "window_s": 60},
+    {"name": "production-deploy", "severity": "low", "kind": "first_seen",
+     "match": {"action": ["deploy"]}, "field": "user_id"},
+]  # fmt: skip
+
+
 def start_server(port: int, db: str) -> subprocess.Popen:
-    """`python run.py --port PORT --db DB`, returned once it prints its URL."""
+    """`python run.py --port PORT --db DB` with RULES, returned once it prints its URL."""
+    rules = os.path.join(os.path.dirname(db), "rules.json")
+    with open(rules, "w") as out:
+        json.dump(RULES, out)
+    args = ["--port", str(port), "--db", db, "--rules", rules, "--checkpoint-interval", "1"]
     proc = subprocess.Popen(
-        [sys.executable, "run.py", "--host", "127.0.0.1", "--port", str(port), "--db", db],
+        [sys.executable, "run.py", "--host", "127.0.0.1", *args],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -181,6 +194,9 @@ def main() -> None:
                 "n => document.getElementById('stat-total').dataset.value === String(n)",
                 arg=total,
             )
+            page.wait_for_timeout(1200)  # a signed checkpoint; then check the chain again
+            page.click("#integrity")
+            page.wait_for_selector("#integrity[data-state=ok]")
             page.fill("#user-id", "user_123")
             page.fill("#action", "share")
             page.wait_for_timeout(300)  # let the arrival highlight settle part way

@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from standardwebhooks import Webhook
 
 from tracker.activity import ActivityInput
+from tracker.alerts.rules import load_rules_file
 from tracker.app import Tracker
 
 from .conftest import Api, error_of
@@ -429,3 +430,12 @@ async def test_metrics_need_the_token_when_one_is_set(api: Api) -> None:
     assert (await api.request("GET", "/metrics")).code == 401
     authorized = await api.request("GET", "/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
     assert authorized.code == 200 and b"tracker_live_clients" in authorized.body
+
+
+def test_the_readme_rules_load_as_written(tmp_path: Path) -> None:
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "rules.toml").write_text(block)
+    rules = load_rules_file(tmp_path / "rules.toml")
+    assert [r.name for r in rules] == ["brute-force", "password-spraying", "first-export"]
+    assert [r.kind for r in rules] == ["count", "distinct", "first_seen"]
