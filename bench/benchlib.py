@@ -454,6 +454,7 @@ def batch_body(size: int, seed: int = 1) -> bytes:
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; SCM_TIMESTAMPNS is the same
 ID_RE, LAST_ID_RE = re.compile(rb'"id":(\d+)'), re.compile(rb'"last_id":(\d+)')
 TYPE_RE, ACTIVITIES = re.compile(rb'"type":"([a-z_]+)"'), b'{"type":"activities"'
+ALERT_RE = re.compile(rb'"activity_ids":\[(?:\d+,)*(\d+)\]')  # an alert's last activity id
 
 
 def ws_connect(port: int, path: str, auth: str) -> tuple[socket.socket, bytes]:
@@ -630,6 +631,8 @@ class WsClients:
     def on_text(self, stream: Stream, payload: bytes, kernel_ns: int, app_ns: int) -> None:
         ids = stream.on_message(payload)
         if self.timing:
+            if not ids and (alert := ALERT_RE.search(payload)):  # seen[-id]: id's alert
+                ids = [-int(alert.group(1))]
             seen = self.seen
             for id_ in ids:
                 if (rec := seen.get(id_)) is None:

@@ -26,6 +26,8 @@ INGEST_HEAD = (
 )
 ROUND = "- N={n} round {i}: p99 kernel / app {kernel_99:.1f} / {app_99:.1f} ms; POST p99 "
 ROUND += "{rtt_p99:.1f} ms, {bad_status} not 200; anomalies: {problems}"
+ALERT_ROUND = "; alerts p99 kernel / app {alert_kernel_99:.1f} / {alert_app_99:.1f} ms"
+RULES_EVERY = "--rules bench/rules-every.json"  # an alert right after every activity
 
 
 def parse_args(argv: list[str]) -> Any:
@@ -40,7 +42,10 @@ def parse_args(argv: list[str]) -> Any:
     add("--ingest-duration", type=float, default=5, help="seconds per wrk run")
     add("--connections", type=int, default=16, help="wrk -c")
     add("--client-procs", type=int, default=2, help="processes the clients are spread over")
+    add("--alerts", action="store_true", help=f"{RULES_EVERY}; time alerts too; no ingest part")
     args = p.parse_args(argv)
+    args.ingest_clients = 0 if args.alerts else args.ingest_clients  # measured without rules
+    args.kinds = ("", "alert_") if args.alerts else ("",)  # what is timed: activities, alerts
     args.clients = [int(x) for x in args.clients.split(",") if x.strip()]
     return args
 
@@ -98,6 +103,10 @@ def live_round(bench: bl.Bench, args: Any, n: int, log: str, wrk: str = "") -> d
             out["caught_s"], out["caught_up"], out["open"] = pool.caught_up(last, 15)
             reports = pool.all("report")
             chk = bl.check_clients(reports, list(range(start, last + 1)))
+            if args.alerts:  # one per activity, to every client
+                out.update(
+                    alert_received=chk.pop("message alert", 0), alert_expected=chk["expected"]
+                )
             for report in reports:
                 chk.update({f"close {code}": k for code, k in report["closes"].items()})
             cpu_s, wall = sum(r["cpu_s"] for r in reports), max(r["wall_s"] for r in reports)
@@ -110,45 +119,48 @@ def live_round(bench: bl.Bench, args: Any, n: int, log: str, wrk: str = "") -> d
 
 
 def latencies(args: Any, out: dict) -> dict:
-    """From the send times and the latest receipts (kernel, app) of each id by any client:
-    percentiles of the latency to the last client, and of the client side's own delay.
+    """From the send times and the latest receipts (kernel, app) by any client of each id
+    (and with --alerts, of its alert: key -id): percentiles of the latency to the last
+    client, and of the client side's own delay.
     """
     seen: dict[int, list[int]] = {}
     for part in out.pop("seen"):
         for key, times in part.items():
             old = seen.get(int(key), [0, 0])
             seen[int(key)] = [max(old[0], times[0]), max(old[1], times[1])]
-    kernel, app, delay = [], [], []
     records = out.pop("records")
-    for rec in records[int(args.rate * WARMUP) :]:
-        if (got := seen.get(rec["id"])) is not None:
-            app.append((got[1] - rec["send_ns"]) / 1e6)
-            if got[0]:
-                kernel.append((got[0] - rec["send_ns"]) / 1e6)
-                delay.append((got[1] - got[0]) / 1e6)
-    for name, values in (("kernel", kernel), ("app", app)):
-        out.update({f"{name}_{p}": bl.percentile(values, p) for p in (50, 99, 100)})
-    out.update(measured=len(app), delay_99=bl.percentile(delay, 99))
+    for pre in args.kinds:
+        kernel, app, delay = [], [], []
+        for rec in records[int(args.rate * WARMUP) :]:
+            if rec["id"] and (got := seen.get(-rec["id"] if pre else rec["id"])) is not None:
+                app.append((got[1] - rec["send_ns"]) / 1e6)
+                if got[0]:
+                    kernel.append((got[0] - rec["send_ns"]) / 1e6)
+                    delay.append((got[1] - got[0]) / 1e6)
+        for name, values in (("kernel", kernel), ("app", app)):
+            out.update({f"{pre}{name}_{p}": bl.percentile(values, p) for p in (50, 99, 100)})
+        out.update({f"{pre}measured": len(app), f"{pre}delay_99": bl.percentile(delay, 99)})
     out.update(rtt_p99=bl.percentile([r["rtt_ms"] for r in records], 99))
     return out | {"bad_status": sum(r["id"] is None for r in records)}
 
 
 def report_latency(args: Any, latency: dict[int, list[dict]]) -> None:
     rows, m = [], bl.med
-    for n, rs in latency.items():
-        k99, a99 = (bl.median([r[f"{w}_99"] for r in rs]) for w in WAYS)
+    for n, rs, pre in [(n, rs, pre) for n, rs in latency.items() for pre in args.kinds]:
+        k99, a99 = (bl.median([r[f"{pre}{w}_99"] for r in rs]) for w in WAYS)
         verdict = f"kernel {bl.verdict(k99 < MAX_P99_MS)}, app {bl.verdict(a99 < MAX_P99_MS)}"
-        kernel, app = (" / ".join(m(rs, f"{w}_{p}") for p in (50, 99, 100)) for w in WAYS)
-        received, expected = (sum(r[k] for r in rs) for k in ("received", "expected"))
+        kernel, app = (" / ".join(m(rs, f"{pre}{w}_{p}") for p in (50, 99, 100)) for w in WAYS)
+        received, expected = (sum(r[pre + k] for r in rs) for k in ("received", "expected"))
         rows.append(
-            f"{n} | {sum(r['measured'] for r in rs)} | {kernel} | {app} | {m(rs, 'delay_99')} | "
-            f"{received:,} / {expected:,} | {m(rs, 'util', '.0%')} / {m(rs, 'wait', '.0%')} | "
-            f"{m(rs, 'client_cpu', '.0%')} | {verdict if n == 1000 else '-'}"
+            f"{n}{' alerts' * bool(pre)} | {sum(r[pre + 'measured'] for r in rs)} | {kernel} | "
+            f"{app} | {m(rs, pre + 'delay_99')} | {received:,} / {expected:,} | "
+            f"{m(rs, 'util', '.0%')} / {m(rs, 'wait', '.0%')} | {m(rs, 'client_cpu', '.0%')} | "
+            f"{verdict if n == 1000 else '-'}"
         )
     bl.table(LATENCY_HEAD, rows)
     for rs in latency.values():
         for i, r in enumerate(rs):
-            print(ROUND.format(i=i + 1, **r))
+            print(ROUND.format(i=i + 1, **r) + (ALERT_ROUND.format(**r) if args.alerts else ""))
 
 
 def report_ingest(args: Any, ingest: dict[int, list[dict]]) -> None:
@@ -179,7 +191,8 @@ def main(args: Any, argv: list[str]) -> int:
         os.sched_setaffinity(0, {args.client_cpu})  # the sender runs here
     log = os.path.join(bench.tmp, "clients.log")
     for i in range(args.servers):
-        bench.server(f"project{i + 1}" if args.servers > 1 else "project")
+        name = f"project{i + 1}" if args.servers > 1 else "project"
+        bench.server(name, RULES_EVERY if args.alerts else "")
     script = bl.wrk_script(bench.tmp, "post", "POST", SEND + "wrk", bench.headers)
     latency, ingest = {n: [] for n in args.clients}, {0: [], args.ingest_clients: []}
     try:
