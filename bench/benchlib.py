@@ -84,31 +84,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def process_tree(pid: int) -> list[int]:
-    """pid and every process below it (a server may be several processes)."""
-    parents = {}
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            with open(f"/proc/{entry}/stat") as fh:
-                parents[int(entry)] = int(fh.read().rsplit(")", 1)[1].split()[1])
-    found, todo = [], [pid]
-    while todo:
-        found.append(todo.pop())
-        todo += [child for child, parent in parents.items() if parent == found[-1]]
-    return found
-
-
-def cpu_and_wait(pids: list[int]) -> tuple[float, float]:
-    """Seconds of CPU used (user + system), and of waiting runnable while another process
-    had the CPU (/proc/PID/stat and schedstat, main threads), summed over pids.
+def cpu_and_wait(pid: int) -> tuple[float, float]:
+    """Seconds of CPU used (user + system) by pid and every process below it (a server may be
+    several), and of waiting runnable while another process had the CPU (/proc/PID/stat and
+    schedstat, main threads).
     """
-    cpu = wait = 0.0
-    for pid in pids:
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            with open(f"/proc/{pid}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-            cpu += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-            with open(f"/proc/{pid}/schedstat") as fh:
+    stats, tree, cpu, wait = {}, [pid], 0.0, 0.0
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError, IndexError), open(f"/proc/{entry}/stat") as fh:
+            stats[int(entry)] = fh.read().rsplit(")", 1)[1].split()
+    for proc in tree:  # the list grows with each one's children as it goes
+        tree += [child for child, fields in stats.items() if int(fields[1]) == proc]
+        with contextlib.suppress(OSError, IndexError, KeyError, ValueError):
+            cpu += (int(stats[proc][11]) + int(stats[proc][12])) / os.sysconf("SC_CLK_TCK")
+            with open(f"/proc/{proc}/schedstat") as fh:
                 wait += int(fh.read().split()[1]) / 1e9
     return cpu, wait
 
@@ -160,7 +149,7 @@ class Server:
 
     def times(self) -> tuple[float, float]:
         assert self.proc is not None
-        return cpu_and_wait(process_tree(self.proc.pid))
+        return cpu_and_wait(self.proc.pid)
 
     def stderr(self) -> list[str]:
         path = self.err_path
@@ -174,10 +163,9 @@ def snapshot(servers: list[Server]) -> list[tuple[Server, float, float, float]]:
 def usage(snap: list[tuple[Server, float, float, float]]) -> dict[str, dict[str, float]]:
     """Per server since the snapshot: CPU seconds, and CPU use and wait as shares of wall."""
     out = {}
-    for server, cpu0, wait0, t0 in snap:
-        (cpu, wait), wall = server.times(), time.monotonic() - t0
-        out[server.name] = {"cpu_s": cpu - cpu0, "util": (cpu - cpu0) / wall}
-        out[server.name]["wait"] = (wait - wait0) / wall
+    for s, cpu0, wait0, t0 in snap:
+        (cpu, wait), wall = s.times(), time.monotonic() - t0
+        out[s.name] = dict(cpu_s=cpu - cpu0, util=(cpu - cpu0) / wall, wait=(wait - wait0) / wall)
     return out
 
 
@@ -204,19 +192,24 @@ def options(description: str, example: str) -> argparse.ArgumentParser:
 class Bench:
     """One benchmark run: pinning, its temporary directory, a private Redis, the servers."""
 
-    def __init__(self, args: argparse.Namespace, script: str, argv: list[str]) -> None:
+    def __init__(self, args: Any, script: str, argv: list[str], clients: bool = False) -> None:
+        """clients: this process sends, or runs client processes: pin it to the client CPU."""
         self.args, self.command = args, shlex.join(["python", f"bench/{script}", *argv])
         import tornado
 
-        dirty = git("status", "--porcelain", "--untracked-files=no", "--", "tracker", "run.py")
+        dirty = output("git", "status", "--porcelain", "-uno", "--", "tracker", "run.py")
         self.environment = (
             f"python {platform.python_version()}, tornado {tornado.version}, "
             f"{len(os.sched_getaffinity(0))} CPUs usable, load avg {os.getloadavg()[0]:.2f}, git "
-            f"{git('rev-parse', '--short', 'HEAD')}{' (tracker/ or run.py modified)' * bool(dirty)}"
+            f"{output('git', 'rev-parse', '--short', 'HEAD')}"
+            f"{' (tracker/ or run.py modified)' * bool(dirty)}"
         )
         if args.no_pin or len(os.sched_getaffinity(0)) < 2:
             args.server_cpu = args.client_cpu = None
+        if clients and args.client_cpu is not None:
+            os.sched_setaffinity(0, {args.client_cpu})
         self.tmp = tempfile.mkdtemp(prefix=f"bench-{script[:-3]}-")
+        self.log = os.path.join(self.tmp, "clients.log")  # the client processes' stderr
         if not args.keep:  # also on an error or Ctrl-C: a database can be large
             atexit.register(shutil.rmtree, self.tmp, True)
         self.headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
@@ -259,13 +252,16 @@ class Bench:
     def measured(self) -> list[Server]:
         return self.servers + ([self.redis] if self.redis else [])
 
-    def start(self) -> None:
-        for server in ([self.redis] if self.redis else []) + self.servers:
-            server.start()
-
-    def stop(self) -> None:
-        for server in self.measured:
-            server.stop()
+    @contextlib.contextmanager
+    def running(self) -> Any:
+        """Redis and the servers started; all stopped at the end, also on an error."""
+        try:
+            for server in ([self.redis] if self.redis else []) + self.servers:
+                server.start()
+            yield
+        finally:
+            for server in self.measured:
+                server.stop()
 
     def head(self, title: str, *lines: str) -> None:
         args = self.args
@@ -277,20 +273,22 @@ class Bench:
         for line in lines:
             print(f"- {line}")
 
-    def tail(self) -> None:
-        """Every server's exit code and suspicious stderr lines."""
+    def tail(self, data: Any) -> None:
+        """Every server's exit code and suspicious stderr lines, the clients' stderr; with
+        --json, data to that file.
+        """
         for server in self.measured:
             bad = [line for line in server.stderr() if TROUBLE.search(line)]
             shown = f": {'; '.join(bad[:3])}" if bad else ""
             print(f"- {server.name}: exit code {server.code}, stderr problems {len(bad)}{shown}")
-
-    def dump(self, data: Any) -> None:
+        if os.path.exists(self.log) and (err := Path(self.log).read_text().strip()):
+            print(f"- client processes' stderr: {err[:500]}")
         if self.args.json:
             Path(self.args.json).write_text(json.dumps(data, indent=1, default=str))
 
 
-def git(*cmd: str) -> str:
-    return subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True).stdout.strip()
+def output(*cmd: str) -> str:
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True).stdout.strip()
 
 
 def median(values: list[float]) -> float:
@@ -454,6 +452,7 @@ def batch_body(size: int, seed: int = 1) -> bytes:
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; SCM_TIMESTAMPNS is the same
 ID_RE, LAST_ID_RE = re.compile(rb'"id":(\d+)'), re.compile(rb'"last_id":(\d+)')
 TYPE_RE, ACTIVITIES = re.compile(rb'"type":"([a-z_]+)"'), b'{"type":"activities"'
+ALERT_RE = re.compile(rb'"activity_ids":\[(?:\d+,)*(\d+)\]')  # an alert's last activity id
 
 
 def ws_connect(port: int, path: str, auth: str) -> tuple[socket.socket, bytes]:
@@ -630,6 +629,8 @@ class WsClients:
     def on_text(self, stream: Stream, payload: bytes, kernel_ns: int, app_ns: int) -> None:
         ids = stream.on_message(payload)
         if self.timing:
+            if not ids and (alert := ALERT_RE.search(payload)):  # seen[-id]: id's alert
+                ids = [-int(alert.group(1))]
             seen = self.seen
             for id_ in ids:
                 if (rec := seen.get(id_)) is None:
@@ -705,7 +706,7 @@ class Pool:
     def __init__(self, cpu: int | None, log: str) -> None:
         self.cpu, self.log, self.procs = cpu, log, []
 
-    def start(self, script: str, argvs: list[list[str]]) -> None:
+    def start(self, script: str, argvs: list[list[str]]) -> "Pool":
         """One process per argv; each says it is ready with a first line."""
         with open(self.log, "ab") as err:
             for argv in argvs:
@@ -715,6 +716,7 @@ class Pool:
         _CHILDREN.extend(self.procs)
         for proc in self.procs:
             self.answer(proc, 180)
+        return self
 
     def answer(self, proc: subprocess.Popen, timeout: float = 60) -> Any:
         assert proc.stdout is not None
@@ -757,17 +759,14 @@ class Pool:
         self.procs = []
 
 
-def ws_pool(args: Any, ports: list[int], count: int, log: str) -> Pool:
-    """`count` WebSocket clients over args.client_procs processes on the client CPU,
+def ws_pool(bench: Bench, ports: list[int], count: int) -> Pool:
+    """`count` WebSocket clients over --client-procs processes on the client CPU,
     round-robin over the ports.
     """
-    pool, procs, argvs = Pool(args.client_cpu, log), max(1, min(args.client_procs, count)), []
-    for i in range(procs):
-        offset = i * (count // procs) + min(i, count % procs)
-        n = count // procs + (i < count % procs)
-        argvs.append([",".join(map(str, ports)), str(n), str(offset), args.token or ""])
-    pool.start(__file__, argvs)
-    return pool
+    procs, token = max(1, min(bench.args.client_procs, count)), bench.args.token or ""
+    cut, where = [i * count // procs for i in range(procs + 1)], ",".join(map(str, ports))
+    argvs = [[where, str(cut[i + 1] - cut[i]), str(cut[i]), token] for i in range(procs)]
+    return Pool(bench.args.client_cpu, bench.log).start(__file__, argvs)
 
 
 def check_clients(reports: list[dict[str, Any]], acked: list[int]) -> Counter[str]:

@@ -4,7 +4,6 @@ See bench/README.md.
 """
 
 import json
-import subprocess
 import sys
 from collections import Counter, namedtuple
 from typing import Any
@@ -185,34 +184,22 @@ def report(bench: bl.Bench, args: Any, loads: dict, results: dict, rows: list, n
     print(f"\n### Checks\n\n- wrk errors: {[e for e in errors if e[2]] or 'none'}")
     for note in notes:
         print(f"- {note}")
-    bench.tail()
-    bench.dump({"runs": results, "notes": notes})
+    bench.tail({"runs": results, "notes": notes})
 
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     bench = bl.Bench(args, "ingest.py", argv)
     loads, (plan, rows) = make_loads(bench, args), make_plan(bench, args)
-    try:
-        bench.start()
+    with bench.running():
         results, acked, slack = measure(bench, args, plan, loads)
-        notes = [
-            check_store(bench, s, acked[s.name], slack[s.name])
-            for s in bench.servers
-            if s.name != "bare"
-        ]
-        if "GET" in results:
-            sizes = {
-                n: bl.median([r["bytes_per_req"] for r in rs]) for n, rs in results["GET"].items()
-            }
-            notes.append(f"GET answer bytes: {sizes}")
-        fs = subprocess.run(["stat", "-f", "-c", "%T", bench.tmp], capture_output=True, text=True)
-        du = subprocess.run(["du", "-sh", bench.tmp], capture_output=True, text=True).stdout
-        notes.append(
-            f"temporary directory: {du.split()[0]} on {fs.stdout.strip()} (fsync on tmpfs is free)"
-        )
-    finally:
-        bench.stop()
+        stores = [s for s in bench.servers if s.name != "bare"]
+        notes = [check_store(bench, s, acked[s.name], slack[s.name]) for s in stores]
+        sizes = {n: bl.med(rs, "bytes_per_req", ".0f") for n, rs in results.get("GET", {}).items()}
+        notes += [f"GET answer bytes: {sizes}"] if sizes else []
+        tmp = bench.tmp
+        du, fs = bl.output("du", "-sh", tmp).split()[0], bl.output("stat", "-f", "-c", "%T", tmp)
+        notes.append(f"temporary directory: {du} on {fs} (fsync on tmpfs is free)")
     report(bench, args, loads, results, rows, notes)
     return 0
 

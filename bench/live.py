@@ -4,7 +4,6 @@ and the ingest cost of connected clients. See bench/README.md.
 
 import http.client
 import json
-import os
 import sys
 import threading
 import time
@@ -26,6 +25,10 @@ INGEST_HEAD = (
 )
 ROUND = "- N={n} round {i}: p99 kernel / app {kernel_99:.1f} / {app_99:.1f} ms; POST p99 "
 ROUND += "{rtt_p99:.1f} ms, {bad_status} not 200; anomalies: {problems}"
+INGEST_ROUND = "- round {i} with clients: {received:,} / {expected:,} deliveries, caught up "
+INGEST_ROUND += "{caught_up} in {caught_s:.2f} s, open {open}, anomalies {problems}"
+ALERT_ROUND = "; alerts p99 kernel / app {alert_kernel_99:.1f} / {alert_app_99:.1f} ms"
+RULES_EVERY = "--rules bench/rules-every.json"  # an alert right after every activity
 
 
 def parse_args(argv: list[str]) -> Any:
@@ -40,7 +43,10 @@ def parse_args(argv: list[str]) -> Any:
     add("--ingest-duration", type=float, default=5, help="seconds per wrk run")
     add("--connections", type=int, default=16, help="wrk -c")
     add("--client-procs", type=int, default=2, help="processes the clients are spread over")
+    add("--alerts", action="store_true", help=f"{RULES_EVERY}; time alerts too; no ingest part")
     args = p.parse_args(argv)
+    args.ingest_clients = 0 if args.alerts else args.ingest_clients  # measured without rules
+    args.kinds = ("", "alert_") if args.alerts else ("",)  # what is timed: activities, alerts
     args.clients = [int(x) for x in args.clients.split(",") if x.strip()]
     return args
 
@@ -71,12 +77,12 @@ def send_steady(port: int, headers: dict, rate: float, seconds: float) -> list[d
     return sorted(records, key=lambda r: r["seq"])
 
 
-def live_round(bench: bl.Bench, args: Any, n: int, log: str, wrk: str = "") -> dict:
+def live_round(bench: bl.Bench, args: Any, n: int, wrk: str = "") -> dict:
     """n clients round-robin over the servers, then POSTs to the first: the steady sender
     (timed), or wrk running `wrk`; every client must then get to the last id, each id once.
     """
     first, ports = bench.servers[0], [s.port for s in bench.servers]
-    pool, out = bl.ws_pool(args, ports, n, log) if n else None, {"n": n}
+    pool, out = bl.ws_pool(bench, ports, n) if n else None, {"n": n}
     try:
         if pool:
             time.sleep(0.5)  # the hellos land
@@ -98,6 +104,8 @@ def live_round(bench: bl.Bench, args: Any, n: int, log: str, wrk: str = "") -> d
             out["caught_s"], out["caught_up"], out["open"] = pool.caught_up(last, 15)
             reports = pool.all("report")
             chk = bl.check_clients(reports, list(range(start, last + 1)))
+            if args.alerts:  # one per activity, to every client: as many as ids expected
+                out["alert_received"] = chk.pop("message alert", 0)
             for report in reports:
                 chk.update({f"close {code}": k for code, k in report["closes"].items()})
             cpu_s, wall = sum(r["cpu_s"] for r in reports), max(r["wall_s"] for r in reports)
@@ -110,45 +118,48 @@ def live_round(bench: bl.Bench, args: Any, n: int, log: str, wrk: str = "") -> d
 
 
 def latencies(args: Any, out: dict) -> dict:
-    """From the send times and the latest receipts (kernel, app) of each id by any client:
-    percentiles of the latency to the last client, and of the client side's own delay.
+    """From the send times and the latest receipts (kernel, app) by any client of each id
+    (and with --alerts, of its alert: key -id): percentiles of the latency to the last
+    client, and of the client side's own delay.
     """
     seen: dict[int, list[int]] = {}
     for part in out.pop("seen"):
         for key, times in part.items():
             old = seen.get(int(key), [0, 0])
             seen[int(key)] = [max(old[0], times[0]), max(old[1], times[1])]
-    kernel, app, delay = [], [], []
     records = out.pop("records")
-    for rec in records[int(args.rate * WARMUP) :]:
-        if (got := seen.get(rec["id"])) is not None:
-            app.append((got[1] - rec["send_ns"]) / 1e6)
-            if got[0]:
-                kernel.append((got[0] - rec["send_ns"]) / 1e6)
-                delay.append((got[1] - got[0]) / 1e6)
-    for name, values in (("kernel", kernel), ("app", app)):
-        out.update({f"{name}_{p}": bl.percentile(values, p) for p in (50, 99, 100)})
-    out.update(measured=len(app), delay_99=bl.percentile(delay, 99))
+    for pre in args.kinds:
+        kernel, app, delay = [], [], []
+        for rec in records[int(args.rate * WARMUP) :]:
+            if rec["id"] and (got := seen.get(-rec["id"] if pre else rec["id"])) is not None:
+                app.append((got[1] - rec["send_ns"]) / 1e6)
+                if got[0]:
+                    kernel.append((got[0] - rec["send_ns"]) / 1e6)
+                    delay.append((got[1] - got[0]) / 1e6)
+        for name, values in (("kernel", kernel), ("app", app)):
+            out.update({f"{pre}{name}_{p}": bl.percentile(values, p) for p in (50, 99, 100)})
+        out.update({f"{pre}measured": len(app), f"{pre}delay_99": bl.percentile(delay, 99)})
     out.update(rtt_p99=bl.percentile([r["rtt_ms"] for r in records], 99))
     return out | {"bad_status": sum(r["id"] is None for r in records)}
 
 
 def report_latency(args: Any, latency: dict[int, list[dict]]) -> None:
     rows, m = [], bl.med
-    for n, rs in latency.items():
-        k99, a99 = (bl.median([r[f"{w}_99"] for r in rs]) for w in WAYS)
+    for n, rs, pre in [(n, rs, pre) for n, rs in latency.items() for pre in args.kinds]:
+        k99, a99 = (bl.median([r[f"{pre}{w}_99"] for r in rs]) for w in WAYS)
         verdict = f"kernel {bl.verdict(k99 < MAX_P99_MS)}, app {bl.verdict(a99 < MAX_P99_MS)}"
-        kernel, app = (" / ".join(m(rs, f"{w}_{p}") for p in (50, 99, 100)) for w in WAYS)
-        received, expected = (sum(r[k] for r in rs) for k in ("received", "expected"))
+        kernel, app = (" / ".join(m(rs, f"{pre}{w}_{p}") for p in (50, 99, 100)) for w in WAYS)
+        received, expected = sum(r[pre + "received"] for r in rs), sum(r["expected"] for r in rs)
         rows.append(
-            f"{n} | {sum(r['measured'] for r in rs)} | {kernel} | {app} | {m(rs, 'delay_99')} | "
-            f"{received:,} / {expected:,} | {m(rs, 'util', '.0%')} / {m(rs, 'wait', '.0%')} | "
-            f"{m(rs, 'client_cpu', '.0%')} | {verdict if n == 1000 else '-'}"
+            f"{n}{' alerts' * bool(pre)} | {sum(r[pre + 'measured'] for r in rs)} | {kernel} | "
+            f"{app} | {m(rs, pre + 'delay_99')} | {received:,} / {expected:,} | "
+            f"{m(rs, 'util', '.0%')} / {m(rs, 'wait', '.0%')} | {m(rs, 'client_cpu', '.0%')} | "
+            f"{verdict if n == 1000 else '-'}"
         )
     bl.table(LATENCY_HEAD, rows)
     for rs in latency.values():
         for i, r in enumerate(rs):
-            print(ROUND.format(i=i + 1, **r))
+            print(ROUND.format(i=i + 1, **r) + (ALERT_ROUND.format(**r) if args.alerts else ""))
 
 
 def report_ingest(args: Any, ingest: dict[int, list[dict]]) -> None:
@@ -165,38 +176,29 @@ def report_ingest(args: Any, ingest: dict[int, list[dict]]) -> None:
     bl.table(INGEST_HEAD, rows)
     print(f"- per-round ratios: {', '.join(f'{x:.2f}' for x in ratios)}")
     for i, r in enumerate(some):
-        print(
-            f"- round {i + 1} with clients: {r['received']:,} / {r['expected']:,} deliveries, "
-            f"caught up {r['caught_up']} in {r['caught_s']:.2f} s, open {r['open']}, anomalies "
-            f"{r['problems']}"
-        )
+        print(INGEST_ROUND.format(i=i + 1, **r))
     print(f"- wrk errors: {[r['errors'] for r in none + some if r['errors']] or 'none'}")
 
 
 def main(args: Any, argv: list[str]) -> int:
-    bench = bl.Bench(args, "live.py", argv)
-    if args.client_cpu is not None:
-        os.sched_setaffinity(0, {args.client_cpu})  # the sender runs here
-    log = os.path.join(bench.tmp, "clients.log")
+    bench = bl.Bench(args, "live.py", argv, clients=True)
     for i in range(args.servers):
-        bench.server(f"project{i + 1}" if args.servers > 1 else "project")
+        name = f"project{i + 1}" if args.servers > 1 else "project"
+        bench.server(name, RULES_EVERY if args.alerts else "")
     script = bl.wrk_script(bench.tmp, "post", "POST", SEND + "wrk", bench.headers)
     latency, ingest = {n: [] for n in args.clients}, {0: [], args.ingest_clients: []}
-    try:
-        bench.start()
+    with bench.running():
         for rnd in range(args.rounds):
             for n in args.clients:
-                latency[n].append(r := latencies(args, live_round(bench, args, n, log)))
+                latency[n].append(r := latencies(args, live_round(bench, args, n)))
                 bl.progress(f"round {rnd + 1} N={n}: p99 {r['kernel_99']:.1f} ms")
         if args.ingest_clients:
-            live_round(bench, args, 0, log, script)  # warm-up
+            live_round(bench, args, 0, script)  # warm-up
         for rnd in range(args.rounds if args.ingest_clients else 0):
             for n in [0, args.ingest_clients][:: 1 if rnd % 2 == 0 else -1]:
-                ingest[n].append(r := live_round(bench, args, n, log, script))
+                ingest[n].append(r := live_round(bench, args, n, script))
                 r["cpu_us"] = r["cpu_s"] / max(1, r["requests"]) * 1e6
                 bl.progress(f"ingest round {rnd + 1} clients={n}: {r['rps']:.0f}/s")
-    finally:
-        bench.stop()
     bench.head(
         "Live-feed benchmark",
         f"{args.servers} server(s); the clients round-robin over them, in {args.client_procs} "
@@ -208,10 +210,7 @@ def main(args: Any, argv: list[str]) -> int:
     if args.ingest_clients:
         print(f"\nIngest: `wrk -c{args.connections}` POSTs for {args.ingest_duration:g} s:")
         report_ingest(args, ingest)
-    bench.tail()
-    if os.path.exists(log) and (err := open(log).read().strip()):
-        print(f"- client processes' stderr: {err[:500]}")
-    bench.dump({"latency": latency, "ingest": ingest})
+    bench.tail({"latency": latency, "ingest": ingest})
     return 0
 
 

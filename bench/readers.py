@@ -85,8 +85,7 @@ def main(argv: list[str]) -> int:
     server = bench.server("db", f"--db {args.db_file}")
     script = bl.wrk_script(bench.tmp, "summary", "GET", SUMMARY, bench.headers)
     runs: dict[bool, list[dict]] = {False: [], True: []}
-    try:
-        bench.start()
+    with bench.running():
         t0, added = time.monotonic(), build(bench, server, args.rows)
         build_s, last = time.monotonic() - t0, bl.last_id(server.port, bench.headers)
         summary = bl.http_request(server.port, "GET", SUMMARY, None, bench.headers)[1]
@@ -95,8 +94,6 @@ def main(argv: list[str]) -> int:
             for load in (False, True) if rnd % 2 == 0 else (True, False):
                 runs[load].append(r := phase(bench, args, server, script, load))
                 bl.progress(f"round {rnd + 1} summaries {load}: p99 {r['p99']:.2f} ms")
-    finally:
-        bench.stop()
     bench.head(
         "Readers benchmark",
         f"database: {last:,} rows ({added:,} added in {build_s:.0f} s); a summary counted "
@@ -115,8 +112,7 @@ def main(argv: list[str]) -> int:
     print(f"- p99 with summaries per round (ms): {[round(r['p99'], 1) for r in runs[True]]}")
     print(f"- wrk errors: {[r['errors'] for r in runs[True] if r['errors']] or 'none'}")
     print(f"- seconds to idle after the summaries: {[round(r['idle_s'], 1) for r in runs[True]]}")
-    bench.tail()
-    bench.dump(runs)
+    bench.tail(runs)
     return 0
 
 

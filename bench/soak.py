@@ -246,11 +246,11 @@ def soak(bench: bl.Bench, args: Any, argv: list[str], load: Load) -> tuple:
     """Listeners and the churner connect; the load runs, memory sampled every second; the
     listeners must catch up; then the server stops with them connected.
     """
-    server, log = bench.servers[0], os.path.join(bench.tmp, "clients.log")
+    server = bench.servers[0]
     pid = server.proc.pid  # type: ignore[union-attr]
     mem, samples, out = {"start": process_status(pid)}, [], {}
-    listeners = bl.ws_pool(args, [server.port], args.listeners, log)
-    churner = bl.Pool(args.client_cpu, log)
+    listeners = bl.ws_pool(bench, [server.port], args.listeners)
+    churner = bl.Pool(args.client_cpu, bench.log)
     try:
         churner.start(__file__, [[*argv, "--churner", str(server.port)]])
         mem["listeners connected"] = process_status(pid)
@@ -290,12 +290,10 @@ def soak(bench: bl.Bench, args: Any, argv: list[str], load: Load) -> tuple:
 def report(bench: bl.Bench, args: Any, load: Load, out: dict, mem: dict, samples: list) -> None:
     """REPORT (its fields are this function's locals), the RSS timeline, the checks."""
     acked_ids, churn, goal = sorted(load.acked), out["churn"][0], MAX_RSS_RATIO
-    chk = bl.check_clients(out["listeners"], acked_ids)
+    chk, churn_chk = (bl.check_clients(r, acked_ids) for r in (out["listeners"], [churn]))
+    problems, churn_problems = bl.problems(chk), bl.problems(churn_chk)
     stayed = sum(c["open"] for r in out["listeners"] for c in r["clients"])
     verdict = bl.verdict(not chk["missed"] and stayed == args.listeners)
-    problems = bl.problems(chk)
-    churn_chk = bl.check_clients([churn], acked_ids)
-    churn_problems = bl.problems(churn_chk)
     requests, statuses = load.statuses.total(), dict(sorted(load.statuses.items()))
     acked, exceptions, replays = len(load.acked), dict(load.exceptions), dict(load.replays)
     non2xx = sum(n for k, n in load.statuses.items() if not k.split()[-1].startswith("2"))
@@ -321,21 +319,15 @@ def report(bench: bl.Bench, args: Any, load: Load, out: dict, mem: dict, samples
     rss = [f"{t:.0f}s {s['VmRSS'] / 1024:.1f}" for t, s in samples[:: -(-len(samples) // 12)]]
     print(f"- RSS over the run (MB): {', '.join(rss)}")
     print(f"- first problems: {'; '.join(load.problems[:8]) or 'none'}")
-    bench.tail()
-    bench.dump({"memory": mem, "samples": samples, "statuses": load.statuses, "out": out})
+    bench.tail({"memory": mem, "samples": samples, "statuses": load.statuses, "out": out})
 
 
 def main(args: Any, argv: list[str]) -> int:
-    bench = bl.Bench(args, "soak.py", argv)
-    if args.client_cpu is not None:
-        os.sched_setaffinity(0, {args.client_cpu})
+    bench = bl.Bench(args, "soak.py", argv, clients=True)
     server = bench.server("project", "--host 127.0.0.1")
-    try:
-        bench.start()
+    with bench.running():
         load = Load(args, server.port, bench.headers)
         out, mem, samples = soak(bench, args, argv, load)
-    finally:
-        bench.stop()
     report(bench, args, load, out, mem, samples)
     return 0
 
