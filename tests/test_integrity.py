@@ -41,7 +41,7 @@ def record_nasty(tracker: Tracker, rounds: int = 2) -> None:
 async def export_lines(api: Api, query: str = "") -> list[dict[str, Any]]:
     response = await api.request("GET", f"/api/metrics/export?format=ndjson&chain=1{query}")
     assert response.code == 200
-    return [json.loads(line) for line in response.body.decode().splitlines()]
+    return [json.loads(line) for line in response.body.decode().split("\n") if line]
 
 
 @pytest.mark.gen_test
@@ -241,3 +241,14 @@ async def test_an_export_verifies_offline_and_fails_after_one_character_changes(
     tampered = run_verify(*args)
     assert tampered.returncode == 1
     assert "changed" in tampered.stdout
+
+
+def test_an_activity_is_served_in_its_canonical_form() -> None:
+    # The bytes clients get are the bytes the chain hashes: RFC 8785, as rfc8785 writes it.
+    from tracker.activity import Activity
+
+    for user, action, details in NASTY:
+        activity = Activity.create(
+            42, ActivityInput(user, action, details), "2025-11-05T10:30:00.123456+00:00"
+        )
+        assert activity.json == rfc8785.dumps(activity.to_dict())

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from json.encoder import encode_basestring as _quote  # type: ignore[attr-defined]
 from typing import Any, NamedTuple
 
 USER_ID_MAX = 256
@@ -17,10 +17,6 @@ FIELDS: tuple[tuple[str, int, bool], ...] = (
     ("action", ACTION_MAX, True),
     ("details", DETAILS_MAX, False),
 )
-
-
-# One encoder for every activity: json.dumps with separators makes a new one per call.
-_COMPACT = json.JSONEncoder(separators=(",", ":"))
 
 
 class ValidationError(ValueError):
@@ -85,6 +81,20 @@ def now_timestamp() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
+def canonical_json(
+    id: int, user_id: str, action: str, timestamp: str, details: str | None
+) -> bytes:
+    """An activity's RFC 8785 (JCS) form, UTF-8: what clients get, and what the chain hashes."""
+    # Exact JCS for these five fields: ASCII keys in sorted order, an integer in plain
+    # digits, and json's ensure_ascii=False escaper, which escapes just what JCS does
+    # (" \ and U+0000-U+001F). Built directly: json.dumps makes an encoder per call.
+    shown = "null" if details is None else _quote(details)
+    return (
+        f'{{"action":{_quote(action)},"details":{shown},"id":{id},'
+        f'"timestamp":{_quote(timestamp)},"user_id":{_quote(user_id)}}}'
+    ).encode()  # a lone surrogate raises here: validate() keeps them out
+
+
 class Activity(NamedTuple):
     """One recorded activity; `json` holds its encoding, shared by every reader."""
 
@@ -101,15 +111,8 @@ class Activity(NamedTuple):
     def create(
         cls, id: int, data: ActivityInput, timestamp: str, key: str | None = None
     ) -> Activity:
-        """Build an activity and encode it once, for every reader and live client."""
-        fields = {
-            "id": id,
-            "user_id": data.user_id,
-            "action": data.action,
-            "timestamp": timestamp,
-            "details": data.details,
-        }
-        encoded = _COMPACT.encode(fields).encode()
+        """Build an activity and encode it once, for every reader, live client and hash."""
+        encoded = canonical_json(id, data.user_id, data.action, timestamp, data.details)
         return cls(id, data.user_id, data.action, timestamp, data.details, encoded, key)
 
     @property
@@ -119,7 +122,13 @@ class Activity(NamedTuple):
 
     def to_dict(self) -> dict[str, Any]:
         """The activity as a plain dict (the JSON object's fields)."""
-        return json.loads(self.json)
+        return {
+            "id": self.id,
+            "user_id": self.user_id,
+            "action": self.action,
+            "timestamp": self.timestamp,
+            "details": self.details,
+        }
 
 
 def encode_list(activities: list[Activity]) -> bytes:

@@ -12,7 +12,6 @@ import re
 import secrets
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
-from json.encoder import encode_basestring as _quote  # type: ignore[attr-defined]
 from typing import Any, NamedTuple, Protocol
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -21,6 +20,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
+
+from .activity import canonical_json
 
 # The prev_hash of the first activity of a new store.
 ZERO_HASH = bytes(32)
@@ -31,7 +32,10 @@ _HEX_HASH = re.compile(r"[0-9a-f]{64}")
 
 
 class Chainable(Protocol):
-    """What the chain reads of an activity; tracker.activity.Activity fits."""
+    """What the chain reads of an activity (its JSON is its canonical form); Activity fits."""
+
+    @property
+    def json(self) -> bytes: ...
 
     @property
     def id(self) -> int: ...
@@ -46,23 +50,10 @@ class Chainable(Protocol):
 
 
 def canonical(id: int, user_id: str, action: str, timestamp: str, details: str | None) -> bytes:
-    """The activity's five fields as RFC 8785 (JCS) JSON, UTF-8."""
+    """The activity's five fields as RFC 8785 (JCS) JSON, UTF-8 (checked first)."""
     _check_fields(id, user_id, action, timestamp, details)
-    return _canonical(id, user_id, action, timestamp, details)
-
-
-def _canonical(id: int, user_id: str, action: str, timestamp: str, details: str | None) -> bytes:
-    """canonical() of fields known to be of the right types (a stored activity's)."""
-    shown = "null" if details is None else _quote(details)
-    # Exact JCS here: ASCII keys in sorted order, a safe integer in plain digits, and json's
-    # escaper (that of json.dumps with ensure_ascii=False) escapes only " \ and U+0000-U+001F,
-    # as JCS does. Same bytes as json.dumps(sort_keys=True, ...), six times faster.
-    text = (
-        f'{{"action":{_quote(action)},"details":{shown},"id":{id},'
-        f'"timestamp":{_quote(timestamp)},"user_id":{_quote(user_id)}}}'
-    )
     # Raises UnicodeEncodeError (a ValueError) on lone surrogates, which JCS refuses too.
-    return text.encode("utf-8")
+    return canonical_json(id, user_id, action, timestamp, details)
 
 
 def _check_fields(
@@ -86,10 +77,7 @@ def chain_hash(prev: bytes, canonical: bytes) -> bytes:
 
 def activity_hash(prev: bytes, activity: Chainable) -> bytes:
     """The chain hash of an activity that follows the hash `prev`."""
-    text = canonical(
-        activity.id, activity.user_id, activity.action, activity.timestamp, activity.details
-    )
-    return chain_hash(prev, text)
+    return chain_hash(prev, activity.json)
 
 
 def chain_links(prev: bytes, activities: Iterable[Chainable]) -> list[tuple[bytes, bytes]]:
@@ -97,9 +85,8 @@ def chain_links(prev: bytes, activities: Iterable[Chainable]) -> list[tuple[byte
     # Pure on purpose: a writer moves its head to the last hash only once the batch commits,
     # so a rolled-back batch leaves the head where it was.
     links = []
-    for a in activities:
-        text = _canonical(a.id, a.user_id, a.action, a.timestamp, a.details)
-        digest = hashlib.sha256(prev + text).digest()
+    for activity in activities:
+        digest = hashlib.sha256(prev + activity.json).digest()
         links.append((prev, digest))
         prev = digest
     return links
