@@ -158,6 +158,26 @@ def _row_activity(row: tuple) -> Activity:
     return Activity.create(row[0], ActivityInput(row[1], row[2], row[4]), row[3], row[5])
 
 
+def _statements(script: str) -> list[str]:
+    """A script's statements one by one (a trigger's body stays whole)."""
+    statements, pending = [], ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            statements.append(pending.strip())
+            pending = ""
+    return statements
+
+
+def _roll_back(conn: sqlite3.Connection) -> None:
+    """End a failed transaction, if one is open (a rollback that fails leaves it to SQLite)."""
+    try:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+    except sqlite3.Error:
+        pass
+
+
 def _is_busy(exc: sqlite3.Error) -> bool:
     """Another connection holds the lock: wait and retry, the connection itself is fine."""
     return getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
@@ -274,26 +294,34 @@ class SQLiteStore:
         return conn
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise StoreError(
-                f"cannot use database {self.path}: schema version {version} is newer than "
-                f"this server's {SCHEMA_VERSION}"
-            )
-        if version == 0:
+        if conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+            return  # the common case needs no write lock (another program may hold it)
+        # One transaction under the write lock, from reading the version to the last step:
+        # processes that open a new file at once (--workers) migrate it once, and a crash
+        # leaves it all or none of it.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"cannot use database {self.path}: schema version {version} is newer "
+                    f"than this server's {SCHEMA_VERSION}"
+                )
             tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-            if tables:
+            if version == 0 and tables:
                 raise StoreError(
                     f"cannot use database {self.path}: not an activity tracker database"
                 )
-        # A new file gets its identity with its first tables.
-        born = f"INSERT INTO meta VALUES ('store_id', '{uuid.uuid4().hex}');"
-        for step in range(version, SCHEMA_VERSION):
-            # One script, one transaction per step: a crash leaves it all or none of it.
-            conn.executescript(
-                f"BEGIN IMMEDIATE;{MIGRATIONS[step]}{born if step == 0 else ''}"
-                f"PRAGMA user_version = {step + 1};COMMIT;"
-            )
+            for step in range(version, SCHEMA_VERSION):
+                for statement in _statements(MIGRATIONS[step]):
+                    conn.execute(statement)
+                if step == 0:  # a new file gets its identity with its first tables
+                    conn.execute("INSERT INTO meta VALUES ('store_id', ?)", (uuid.uuid4().hex,))
+                conn.execute(f"PRAGMA user_version = {step + 1}")
+            conn.execute("COMMIT")
+        except BaseException:
+            _roll_back(conn)
+            raise
 
     @staticmethod
     def _meta(conn: sqlite3.Connection, key: str) -> str:
@@ -449,11 +477,21 @@ class SQLiteStore:
         self._queue.put(job)
         return job.future
 
-    def delete_expired(self, cutoff: str | None, max_rows: int) -> Future[list[int]]:
-        """Delete up to DELETE_CHUNK of the oldest rows past retention; their ids."""
-        job = _Chore(lambda conn: self._delete_step(conn, cutoff, max_rows))
+    def delete_expired(self, cutoff: str | None, through_id: int | None) -> Future[list[int]]:
+        """Delete up to DELETE_CHUNK of the oldest rows past `cutoff` or `through_id`; ids."""
+        job = _Chore(lambda conn: self._delete_step(conn, cutoff, through_id))
         self._queue.put(job)
         return job.future
+
+    def beyond(self, max_rows: int) -> Future[int | None]:
+        """The newest id past the newest `max_rows` (what keeping only them deletes up to)."""
+
+        def read(conn: sqlite3.Connection) -> int | None:
+            sql = "SELECT id FROM activities ORDER BY id DESC LIMIT 1 OFFSET ?"
+            row = conn.execute(sql, (max_rows,)).fetchone()
+            return row[0] if row else None
+
+        return self._read(read)
 
     def archive(self, activities: list[Activity]) -> Future[list[Activity]]:
         """With --redis: store activities the file lacks (by id), in order; those stored."""
@@ -591,6 +629,7 @@ class SQLiteStore:
         conn: sqlite3.Connection | None = None
         backoff = BACKOFF_FIRST
         stop: _Stop | None = None
+        chores: list[_Chore] = []
         while stop is None or (self._waiting and time.monotonic() < stop.deadline):
             if self.failure is not None:
                 wait: float | None = backoff
@@ -598,7 +637,6 @@ class SQLiteStore:
                 wait = 0.01
             else:
                 wait = self.index_delay if self._stored > self._indexed else None
-            chores: list[_Chore] = []
             jobs = self._take(wait)
             for job in jobs:
                 if isinstance(job, _Append):
@@ -612,8 +650,6 @@ class SQLiteStore:
                 self._waiting = [job for job in self._waiting if not job.future.cancelled()]
                 if self._waiting or self.failure is not None:
                     self._commit(conn)
-                for chore in chores:
-                    self._run_chore(conn, chore)
                 # The user index catches up when the writer is idle, or far behind.
                 if self.failure is None and (not jobs or self._behind()):
                     self._index(conn)
@@ -627,9 +663,14 @@ class SQLiteStore:
             except Exception:  # noqa: BLE001 - the writer must never die
                 log.exception("database %s: unexpected error in the writer", self.path)
                 self.failure = "unexpected writer error"
+            # Each chore answers for itself, commit or no commit: a failing one fails fast.
+            for chore in chores:
+                self._run_chore(conn, chore)
+            chores = []
             backoff = BACKOFF_FIRST if self.failure is None else min(backoff * 2, BACKOFF_MAX)
-        for job in self._waiting:
-            if job.future.set_running_or_notify_cancel():
+        # Stopping: whatever could not be done is told so, never left waiting.
+        for job in [*self._waiting, *self._take(0)]:
+            if not isinstance(job, _Stop) and job.future.set_running_or_notify_cancel():
                 job.future.set_exception(WriteFailed("the server stopped before storing it"))
         self._waiting = []
         if conn is not None:
@@ -665,20 +706,21 @@ class SQLiteStore:
         conn.execute("BEGIN IMMEDIATE")
         claimed = [job for job in self._waiting if job.future.set_running_or_notify_cancel()]
         self._waiting = []
-        if not claimed:
-            # A failing writer with nothing to write probes with a real write, which a
-            # full disk refuses as an insert would: /readyz clears only when writes work.
-            conn.execute(
-                "INSERT OR REPLACE INTO meta VALUES ('writer_checked_at', ?)", (str(time.time()),)
-            )
         activities = [a for job in claimed for a in job.activities]
-        # Chained here, in the order the rows are stored, in their own transaction.
-        links = audit.chain_links(self._head, activities)
-        rows = [
-            (a.id, a.user_id, a.action, a.timestamp, a.details, a.key, prev, digest)
-            for a, (prev, digest) in zip(activities, links, strict=True)
-        ]
         try:
+            if not claimed:
+                # A failing writer with nothing to write probes with a real write, which a
+                # full disk refuses as an insert would: /readyz clears only when writes work.
+                conn.execute(
+                    "INSERT OR REPLACE INTO meta VALUES ('writer_checked_at', ?)",
+                    (str(time.time()),),
+                )
+            # Chained here, in the order the rows are stored, in their own transaction.
+            links = audit.chain_links(self._head, activities)
+            rows = [
+                (a.id, a.user_id, a.action, a.timestamp, a.details, a.key, prev, digest)
+                for a, (prev, digest) in zip(activities, links, strict=True)
+            ]
             start = 0
             for size in _INSERT_SIZES:
                 while len(rows) - start >= size:
@@ -686,34 +728,40 @@ class SQLiteStore:
                     conn.execute(_INSERTS[size], list(values))
                     start += size
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+        except BaseException as exc:
+            # Not stored: say so first, so no request waits on a rollback that fails too.
             for job in claimed:
                 job.future.set_exception(WriteFailed(str(exc)))
+            _roll_back(conn)
             raise
-        if self.failure is not None:
-            log.warning("database %s: writing again", self.path)
-        self.failure = None
-        self.last_commit = time.monotonic()
-        if self.observe_commit is not None and rows:
-            self.observe_commit(time.perf_counter() - began)
         if rows:
             # Ids reach the queue in order, so the last row is the newest.
             self._stored = max(self._stored, rows[-1][0])
             self._head = links[-1][1]
+        if self.failure is not None:
+            log.warning("database %s: writing again", self.path)
+        self.failure = None
+        self.last_commit = time.monotonic()
         for job in claimed:
             job.future.set_result(None)
+        if self.observe_commit is not None and rows:
+            try:
+                self.observe_commit(time.perf_counter() - began)
+            except Exception:  # noqa: BLE001 - a metric must not fail a commit
+                log.exception("commit metrics")
 
-    def _run_chore(self, conn: sqlite3.Connection, chore: _Chore) -> None:
+    def _run_chore(self, conn: sqlite3.Connection | None, chore: _Chore) -> None:
+        """Run one chore in its own transaction; its future always gets an outcome."""
         if not chore.future.set_running_or_notify_cancel():
+            return
+        if conn is None:
+            chore.future.set_exception(WriteFailed(self.failure or "the file cannot be opened"))
             return
         try:
             result = chore.run(conn)
-        except sqlite3.Error as exc:  # the chore's caller learns of it, and retries later
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+        except Exception as exc:  # noqa: BLE001 - the chore's caller learns of it
             chore.future.set_exception(WriteFailed(str(exc)))
+            _roll_back(conn)
         else:
             chore.future.set_result(result)
 
@@ -770,10 +818,29 @@ class SQLiteStore:
         head = newest[1] if newest else bytes.fromhex(self._meta(conn, "chain_anchor"))
         new = [a for a in activities if a.id > floor]
         links = audit.chain_links(head, new)
+        # A key Redis has forgotten (after a day, or a loss) may come back on a new
+        # activity: the file keeps it for the first one only.
+        keys = [a.key for a in new if a.key is not None]
+        marks = ",".join("?" * len(keys))
+        taken = {
+            row[0]
+            for row in conn.execute(
+                f"SELECT idem_key FROM activities WHERE idem_key IN ({marks})", keys
+            )
+        }
         conn.executemany(
             f"INSERT INTO activities ({_COLUMNS}, prev_hash, hash) VALUES (?,?,?,?,?,?,?,?)",
             [
-                (a.id, a.user_id, a.action, a.timestamp, a.details, a.key, prev, digest)
+                (
+                    a.id,
+                    a.user_id,
+                    a.action,
+                    a.timestamp,
+                    a.details,
+                    None if a.key in taken else a.key,
+                    prev,
+                    digest,
+                )
                 for a, (prev, digest) in zip(new, links, strict=True)
             ],
         )
@@ -784,7 +851,7 @@ class SQLiteStore:
         return new
 
     def _delete_step(
-        self, conn: sqlite3.Connection, cutoff: str | None, max_rows: int
+        self, conn: sqlite3.Connection, cutoff: str | None, through_id: int | None
     ) -> list[int]:
         """One retention step on the writer's connection: the ids it deleted."""
         # Read inside the transaction: with --redis, another process may trim too.
@@ -798,9 +865,8 @@ class SQLiteStore:
         if cutoff is not None:
             while count < len(oldest) and oldest[count][1] < cutoff:
                 count += 1
-        if max_rows:
-            excess = conn.execute("SELECT count(*) FROM activities").fetchone()[0] - max_rows
-            count = max(count, min(excess, len(oldest)))
+        if through_id is not None:
+            count = max(count, sum(1 for row in oldest if row[0] <= through_id))
         if count <= 0:
             conn.execute("ROLLBACK")
             return []
