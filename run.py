@@ -130,15 +130,15 @@ async def shutdown(tracker: Tracker, server: tornado.httpserver.HTTPServer, time
     server.stop()
     # close_all_connections() does not reach WebSockets: the hub closes them with 1001.
     tracker.hub.close_all()
-    await tracker.stop_background()
+    tracker.stop_upkeep()
     await tracker.lifecycle.drained(max(deadline - loop.time(), 0))
     await asyncio.sleep(0.05)  # let the last answers and close frames reach the kernel
     try:
         await asyncio.wait_for(server.close_all_connections(), max(deadline - loop.time(), 0.1))
     except TimeoutError:
         logging.warning("stopping with connections still open")
-    # Commit what is queued (requests still waiting on it were answered above), sign the
-    # head it leaves, and close.
+    # The leader's archive may be what requests in flight waited for: it stops after them.
+    await tracker.stop_work()
     await tracker.close(max(deadline - loop.time(), 1.0))
 
 

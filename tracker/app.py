@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 
 import tornado.web
@@ -25,6 +26,7 @@ from .streams.redis import RedisLog
 from .streams.redis_service import RedisService
 
 DASHBOARD_PATH = "/api/ui-dashboard/metrics-dashboard-ui"
+log = logging.getLogger(__name__)
 
 
 class StartError(Exception):
@@ -60,24 +62,30 @@ class Tracker:
 
     def _upkeep(self, on: bool) -> None:
         """Retention and checkpoints of the --db file: in one process at a time."""
-        if on:
+        if on and not self.lifecycle.stopping:
             self.service.start_retention(self.settings.retention_days, self.settings.max_rows)
             self.integrity.start()
         else:
             self.service.stop_retention()
             self.integrity.stop()
 
-    async def stop_background(self) -> None:
-        """Stop upkeep, leading and webhook sending (pending deliveries are kept)."""
+    def stop_upkeep(self) -> None:
+        """Stop retention (between two steps) and the periodic checkpoints."""
         self._upkeep(False)
+
+    async def stop_work(self) -> None:
+        """Stop leading and sending webhooks (pending deliveries are kept with --db)."""
         if self.leader is not None:
             await self.leader.stop()
         if self.monitor.dispatcher is not None:
             await self.monitor.dispatcher.stop()
 
     async def close(self, timeout: float) -> None:
-        """Sign the head, commit what is queued, close the file and Redis's connections."""
-        await self.integrity.checkpoint()
+        """Commit what is queued, sign the head it leaves, close the file and Redis."""
+        try:
+            await asyncio.wait_for(self.integrity.checkpoint(), timeout)
+        except TimeoutError:
+            log.warning("stopping without a last checkpoint: the file did not answer in time")
         if isinstance(self.service, RedisService):
             await self.service.stop()
         await asyncio.to_thread(self.service.close, timeout)

@@ -43,6 +43,9 @@ def supervise(
         pid = os.fork()
         if pid == 0:
             os.close(ready_read)
+            # A group of its own: a terminal's Ctrl-C reaches the supervisor only, which
+            # passes it on once (a second copy would mean "stop at once").
+            os.setpgid(0, 0)
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, signal.SIG_DFL)
             code = 1
@@ -56,7 +59,10 @@ def supervise(
         nonlocal stopping
         stopping = True  # the second time too: workers exit at once on a second signal
         for pid in workers:
-            os.kill(pid, signum)
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass  # it has just exited; the wait loop collects it
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, forward)

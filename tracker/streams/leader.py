@@ -29,9 +29,11 @@ class SharedMonitor(Monitor):
     def __init__(
         self, service: RedisService, hub: LiveHub, metrics: Metrics, **kwargs: Any
     ) -> None:
-        self.log = service.log
+        self.redis_log = service.redis_log
         self._version = -1
         self._file_rules: list[Rule] = []
+        self._sharing: asyncio.Task[None] | None = None
+        self._writes: set[asyncio.Task[None]] = set()
         super().__init__(service, hub, metrics, **kwargs)
         service.on_alert = self.announce
 
@@ -40,31 +42,42 @@ class SharedMonitor(Monitor):
         self._file_rules = list(rules)
 
     async def start(self) -> None:
-        """Share the --rules file's rules, and the newest alerts for /api/alerts."""
-        for rule in self._file_rules:
-            await self.log.save_rule(rule.name, rule.to_dict())
-        recent = await self.log.recent_alerts(MAX_ALERTS)
-        with self._lock:
-            self._alerts.extend(recent)
+        """Share the --rules file's rules and read the newest alerts, once Redis answers."""
+        self._sharing = asyncio.ensure_future(self._share())
+
+    async def _share(self) -> None:
+        while True:
+            try:
+                for rule in self._file_rules:
+                    await self.redis_log.save_rule(rule.name, rule.to_dict())
+                recent = await self.redis_log.recent_alerts(MAX_ALERTS)
+            except RedisUnavailable:
+                await asyncio.sleep(RENEW_EVERY)  # the follower reports the outage
+                continue
+            with self._lock:
+                # Alerts heard meanwhile may be among them: by id, once each, in order.
+                merged = {alert["id"]: alert for alert in [*recent, *self._alerts]}
+                self._alerts.clear()
+                self._alerts.extend(merged[key] for key in sorted(merged))
+            return
 
     async def rules(self) -> list[dict[str, Any]]:
-        _, bodies = await self._shared(self.log.rules_state())
+        _, bodies = await self._shared(self.redis_log.rules_state())
         return [bodies[name] for name in sorted(bodies)]
 
     async def put_rule(self, rule: Rule) -> bool:
-        _, bodies = await self._shared(self.log.rules_state())
+        _, bodies = await self._shared(self.redis_log.rules_state())
         created = rule.name not in bodies
         if created and len(bodies) >= MAX_RULES:
             raise TooManyRules(f"at most {MAX_RULES} rules")
-        await self._shared(self.log.save_rule(rule.name, rule.to_dict()))
+        await self._shared(self.redis_log.save_rule(rule.name, rule.to_dict()))
         return created
 
     async def delete_rule(self, name: str) -> bool:
-        _, bodies = await self._shared(self.log.rules_state())
+        _, bodies = await self._shared(self.redis_log.rules_state())
         if name not in bodies:
             return False
-        await self._shared(self.log.save_rule(name, None))
-        self.metrics.forget_rule(name)
+        await self._shared(self.redis_log.save_rule(name, None))
         return True
 
     async def _shared(self, awaitable: Awaitable[Any]) -> Any:
@@ -75,12 +88,16 @@ class SharedMonitor(Monitor):
 
     async def deliveries(self, limit: int) -> list[dict[str, Any]]:
         """What the leaders sent: from the shared delivery log, so any process can answer."""
-        return await self._shared(self.log.deliveries(limit))
+        return await self._shared(self.redis_log.deliveries(limit))
 
     def persist_delivery(self, delivery: Delivery) -> None:
         """Share each delivery's state (and keep it with --db, for a later leader)."""
         super().persist_delivery(delivery)
-        asyncio.ensure_future(self._quietly(self.log.record_delivery(delivery.to_dict())))
+        task = asyncio.ensure_future(
+            self._quietly(self.redis_log.record_delivery(delivery.to_dict()))
+        )
+        self._writes.add(task)  # a reference, so the task is not collected mid-way
+        task.add_done_callback(self._writes.discard)
 
     @staticmethod
     async def _quietly(awaitable: Awaitable[Any]) -> None:
@@ -91,7 +108,7 @@ class SharedMonitor(Monitor):
 
     async def sync_rules(self) -> None:
         """The leader's engine follows the shared rules (a changed rule starts afresh)."""
-        version, bodies = await self.log.rules_state()
+        version, bodies = await self.redis_log.rules_state()
         if version == self._version:
             return
         wanted = {name: parse_rule(body) for name, body in bodies.items()}
@@ -99,6 +116,7 @@ class SharedMonitor(Monitor):
             current = {rule.name: rule for rule in self.engine.rules()}
             for name in current.keys() - wanted.keys():
                 self.engine.remove_rule(name)
+                self.metrics.forget_rule(name)  # its series lives where it fired: here
             for name, rule in wanted.items():
                 if current.get(name) != rule:
                     self.engine.set_rule(rule)
@@ -116,14 +134,13 @@ class Leader:
         archive: SQLiteStore | None = None,
         on_lead: Callable[[bool], None] | None = None,
     ) -> None:
-        self.log: RedisLog = service.log
+        self.redis_log: RedisLog = service.redis_log
         self.service = service
         self.monitor = monitor
         self.archive = archive
         # Told True when this process starts leading, False when it stops (retention and
         # checkpoints of the --db file run on the leader only).
         self.on_lead = on_lead
-        self.leading = False
         # Checked in every loop too: on Python 3.11 a cancel that meets a read timeout
         # can come back as a timeout error, which the loops would retry.
         self._stopped = False
@@ -135,32 +152,44 @@ class Leader:
         self._task = asyncio.ensure_future(self._run())
 
     async def stop(self) -> None:
-        """Stop leading (the lease lapses) and trying to."""
+        """Stop leading and trying to; another process takes over at once."""
         self._stopped = True
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+            await self._give_up()
 
     async def _run(self) -> None:
         while not self._stopped:
             try:
-                if await self.log.acquire_lease(LEASE_MS):
+                if await self.redis_log.acquire_lease(LEASE_MS):
                     await self._lead()
             except RedisUnavailable as exc:
                 log.debug("not leading: %s", exc)
+            except Exception:  # noqa: BLE001 - the work must go on, here or elsewhere
+                # Say so, and let another process (or this one, later) take over.
+                log.exception("leading failed; giving up the lease")
+                await self._give_up()
             await asyncio.sleep(RENEW_EVERY)
 
+    async def _give_up(self) -> None:
+        try:
+            await self.redis_log.release_lease()
+        except RedisUnavailable:
+            pass  # it runs out by itself
+
     async def _lead(self) -> None:
-        log.info("leading: archiving and running rules for %s", self.log.prefix)
-        await self.log.ensure_group()
+        log.info("leading: archiving and running rules for %s", self.redis_log.prefix)
+        await self.redis_log.ensure_group()
         lost = asyncio.Event()
         renewer = asyncio.ensure_future(self._keep_lease(lost))
         self._set_leading(True)
+        await self._restore_deliveries()
         try:
             while not lost.is_set() and not self._stopped:
-                entries = await self.log.claim_pending(BATCH)
+                entries = await self.redis_log.claim_pending(BATCH)
                 if not entries:
-                    entries = await self.log.read_group(BATCH, 1000)
+                    entries = await self.redis_log.read_group(BATCH, 1000)
                 if entries:
                     await self._process(entries)
         finally:
@@ -168,9 +197,6 @@ class Leader:
             self._set_leading(False)
 
     def _set_leading(self, leading: bool) -> None:
-        self.leading = leading
-        if leading:
-            self._restore_deliveries()
         if self.on_lead is not None:
             self.on_lead(leading)
 
@@ -178,7 +204,7 @@ class Leader:
         while True:
             await asyncio.sleep(RENEW_EVERY)
             try:
-                if not await self.log.renew_lease(LEASE_MS):
+                if not await self.redis_log.renew_lease(LEASE_MS):
                     break
             except RedisUnavailable:
                 break
@@ -189,7 +215,7 @@ class Leader:
         """Archive, evaluate, publish the alerts and acknowledge: once, in id order."""
         entries.sort(key=lambda entry: int(entry[0].split(b"-", 1)[0]))
         activities = [entry_activity(entry_id, fields) for entry_id, fields in entries]
-        done = await self.log.processed_id()
+        done = await self.redis_log.processed_id()
         fresh = [a for a in activities if a.id > done]
         if self.archive is not None and fresh:
             await asyncio.wrap_future(self.archive.archive(fresh))
@@ -197,20 +223,19 @@ class Leader:
         bodies = self.monitor.evaluate(fresh)
         alerts: list[dict[str, Any]] = []
         if bodies:
-            first = await self.log.alert_ids(len(bodies))
+            first = await self.redis_log.alert_ids(len(bodies))
             alerts = [{"id": first + n, **body} for n, body in enumerate(bodies)]
         newest = max(done, activities[-1].id)
-        await self.log.mark_processed([entry_id for entry_id, _ in entries], newest, alerts)
+        await self.redis_log.mark_processed([entry_id for entry_id, _ in entries], newest, alerts)
         for alert in alerts:
             self.monitor.fired(alert)
 
-    def _restore_deliveries(self) -> None:
+    async def _restore_deliveries(self) -> None:
         """The leader sends webhooks: it takes over what --db kept pending."""
         dispatcher = self.monitor.dispatcher
         if dispatcher is None or self.archive is None:
             return
-        rows = [
-            row for row in self.archive.deliveries(MAX_ALERTS) if row["id"] not in self._restored
-        ]
+        kept = await asyncio.to_thread(self.archive.deliveries, MAX_ALERTS)
+        rows = [row for row in kept if row["id"] not in self._restored]
         self._restored.update(row["id"] for row in rows)
         dispatcher.restore(Delivery(**row) for row in rows)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import socket
 import uuid
@@ -17,8 +18,10 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from ..activity import Activity, ActivityInput, format_timestamp
+from ..query import last
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+log = logging.getLogger(__name__)
 # Idempotency keys are remembered this long (Redis keeps them; the --db file keeps its own).
 KEY_TTL_S = 24 * 3600
 # A write that Redis has not confirmed within this long is refused (503).
@@ -94,10 +97,16 @@ if not epoch then
 end
 return epoch
 """
-# The lease is renewed only by its holder.
+# The lease is renewed, or given up, only by its holder.
 RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
 end
 return 0
 """
@@ -106,6 +115,16 @@ ALERTS_KEPT = 1000  # the shared alert stream's length, as /api/alerts keeps in 
 
 class RedisUnavailable(Exception):
     """Redis did not answer in time, or refused: nothing was confirmed."""
+
+
+def unavailable(exc: BaseException) -> RedisUnavailable:
+    """What clients and /readyz are told: how it failed, not where Redis lives."""
+    log.debug("redis: %r", exc)
+    if isinstance(exc, aioredis.TimeoutError | TimeoutError):
+        return RedisUnavailable("Redis timed out")
+    if isinstance(exc, aioredis.ResponseError):
+        return RedisUnavailable(f"Redis refused the command: {exc}")
+    return RedisUnavailable("Redis is unreachable")
 
 
 class NoEpoch(Exception):
@@ -192,6 +211,7 @@ class RedisLog:
         self._append = self.redis.register_script(APPEND)
         self._ensure_epoch = self.redis.register_script(ENSURE_EPOCH)
         self._renew = self.redis.register_script(RENEW)
+        self._release = self.redis.register_script(RELEASE)
 
     async def close(self) -> None:
         """Close both connection pools."""
@@ -233,7 +253,12 @@ class RedisLog:
         try:
             return await awaitable
         except (aioredis.RedisError, OSError) as exc:
-            raise RedisUnavailable(str(exc) or type(exc).__name__) from None
+            raise unavailable(exc) from None
+
+    async def epoch(self) -> str | None:
+        """The log's identity now, or None if Redis has none (it lost the log)."""
+        value = await self._call(self.redis.get(self.epoch_key))
+        return None if value is None else value.decode()
 
     async def ensure_epoch(self, floor: int) -> str:
         """The log's identity, made now if Redis has none (new, or lost)."""
@@ -271,7 +296,7 @@ class RedisLog:
         try:
             return await self.tail_redis.xread(streams, count=1000, block=TAIL_BLOCK_MS) or []
         except (aioredis.RedisError, OSError) as exc:
-            raise RedisUnavailable(str(exc) or type(exc).__name__) from None
+            raise unavailable(exc) from None
 
     # -- alerts, shared by every process -------------------------------------------------
 
@@ -322,7 +347,7 @@ class RedisLog:
             state = json.loads(fields[b"delivery"])
             latest.setdefault(state["id"], state)
         ordered = sorted(latest.values(), key=lambda d: d["created_at"])
-        return ordered[len(ordered) - limit :] if limit else []
+        return last(ordered, limit)
 
     # -- the leader: one process at a time archives and evaluates rules, in id order -------
 
@@ -337,15 +362,19 @@ class RedisLog:
         renewed = await self._call(self._renew(keys=[self.leader], args=[self.consumer, ttl_ms]))
         return bool(renewed)
 
+    async def release_lease(self) -> None:
+        """Stop leading now, so another process need not wait for the lease to run out."""
+        await self._call(self._release(keys=[self.leader], args=[self.consumer]))
+
     async def ensure_group(self) -> None:
         """The archiving consumer group, from the start of the stream."""
         try:
             await self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
         except aioredis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
-                raise RedisUnavailable(str(exc)) from None
+                raise unavailable(exc) from None
         except (aioredis.RedisError, OSError) as exc:
-            raise RedisUnavailable(str(exc)) from None
+            raise unavailable(exc) from None
 
     async def claim_pending(self, count: int) -> list[tuple[bytes, dict[bytes, bytes]]]:
         """Entries delivered to consumers that never acknowledged them (a worker died)."""

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from ..activity import Activity, ActivityInput
-from ..query import Query, summarize
+from ..query import Query, last, summarize
 from ..service import ActivityService, IdempotencyConflict, Recorded, StoreUnavailable
 from ..store import Chained, SQLiteStore
 from .redis import (
@@ -35,22 +35,25 @@ class RedisService(ActivityService):
     # With --db, the file (written by the leader, see leader.py) serves history queries.
 
     def __init__(
-        self, log_: RedisLog, capacity: int = 1000, *, archive: SQLiteStore | None = None
+        self, redis_log: RedisLog, capacity: int = 1000, *, archive: SQLiteStore | None = None
     ) -> None:
         super().__init__(capacity)
-        self.log = log_
+        self.redis_log = redis_log
         # The base class's store: with --db, the archive serves history queries.
         self.store = archive
         self.store_id = ""  # the log's epoch, once Redis has answered
         self.failure: str | None = "not connected to Redis yet"
         # Told of each alert read from the shared alert stream (the monitor listens).
         self.on_alert: Callable[[dict[str, Any]], None] | None = None
-        # Told when Redis lost the log: live clients must start over.
+        # Told when live clients must reconnect: Redis lost the log, or this process
+        # could not read part of it.
         self.on_reset: Callable[[], None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._follower: asyncio.Task[None] | None = None
         self._last_alert = "0-0"
+        # Where following the stream goes on from (past entries it could not read, too).
+        self._cursor = "0-0"
         self._loaded = False
 
     # -- recording -----------------------------------------------------------------------
@@ -67,7 +70,7 @@ class RedisService(ActivityService):
         except KeyConflict as exc:
             raise IdempotencyConflict(exc.index) from None
         if appended.epoch != self.store_id:
-            await self._reset(appended.epoch)
+            self._loaded = False  # a new log: the follower starts over from it
         with self._lock:
             self.recorded_total += sum(appended.fresh)
         return appended.activities, appended.fresh
@@ -75,10 +78,10 @@ class RedisService(ActivityService):
     async def _append(self, items: Sequence[ActivityInput], keys: list[str | None]) -> Appended:
         # Untrimmed here: the leader trims what it has archived and evaluated.
         try:
-            return await self.log.append(items, keys, trim=False)
+            return await self.redis_log.append(items, keys, trim=False)
         except NoEpoch:
-            await self.log.ensure_epoch(await self._floor())
-            return await self.log.append(items, keys, trim=False)
+            await self.redis_log.ensure_epoch(await self._floor())
+            return await self.redis_log.append(items, keys, trim=False)
 
     async def _floor(self) -> int:
         """Where a new log's ids start: above everything the --db file holds."""
@@ -91,21 +94,22 @@ class RedisService(ActivityService):
         if self._loop is None or threading.get_ident() == self._loop_thread:
             raise RuntimeError("with --redis, record from another thread, or await track()")
         future = asyncio.run_coroutine_threadsafe(self.track(items), self._loop)
-        return future.result(COMMAND_TIMEOUT + 1)[0]
+        try:
+            return future.result(COMMAND_TIMEOUT + 1)[0]
+        except TimeoutError:
+            future.cancel()
+            raise StoreUnavailable("Redis did not confirm it in time") from None
 
     # -- reading: from Redis, so a write on any process is in the next read ---------------
 
     async def query(self, query: Query) -> list[Activity]:
         if not query.filtered and query.limit is not None and query.limit <= self.capacity:
-            return await self._redis(self.log.newest(query.limit))
+            return await self._redis(self.redis_log.newest(query.limit))
         if self.store is not None:
             horizon = await self._archive_caught_up()
             return await asyncio.wrap_future(self.store.query(query, horizon))
-        held = await self._redis(self.log.newest(self.capacity))
-        found = [a for a in held if query.matches(a)]
-        if query.limit is None:
-            return found
-        return found[len(found) - query.limit :] if query.limit else []
+        held = await self._redis(self.redis_log.newest(self.capacity))
+        return last([a for a in held if query.matches(a)], query.limit)
 
     async def scan(self, query: Query) -> AsyncIterator[list[Chained]]:
         if self.store is None:
@@ -130,9 +134,9 @@ class RedisService(ActivityService):
             published = self._published
         if held or since >= published:
             return await super().after(since, limit)
-        oldest = await self._redis(self.log.oldest_id())
+        oldest = await self._redis(self.redis_log.oldest_id())
         if oldest is not None and since >= oldest - 1:
-            missed = await self._redis(self.log.after(since, limit + 1))
+            missed = await self._redis(self.redis_log.after(since, limit + 1))
             missed = [a for a in missed if a.id <= published]
             return missed if len(missed) <= limit else None
         if self.store is not None:
@@ -148,12 +152,12 @@ class RedisService(ActivityService):
     async def _archive_caught_up(self) -> int:
         """Wait (a little) until the file holds all Redis held when asked; that id."""
         assert self.store is not None
-        target = await self._redis(self.log.last_id())
+        target = await self._redis(self.redis_log.last_id())
         deadline = asyncio.get_running_loop().time() + ARCHIVE_WAIT
         while await asyncio.wrap_future(self.store.archived_id()) < target:
             if asyncio.get_running_loop().time() > deadline:
                 raise StoreUnavailable("the archive is behind Redis; retry later")
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)  # the leader archives every few milliseconds
         return target
 
     # -- following the stream ------------------------------------------------------------
@@ -175,37 +179,51 @@ class RedisService(ActivityService):
             try:
                 if not self._loaded:
                     await self._load()
-                batches = await self.log.tail(f"{self._published}-0", self._last_alert)
+                batches = await self.redis_log.tail(self._cursor, self._last_alert)
+                if not batches and await self.redis_log.epoch() != self.store_id:
+                    self._loaded = False  # Redis lost the log without dropping the connection
+                    continue
+                self._take(batches)
             except RedisUnavailable as exc:
                 self._fail(str(exc))
                 self._loaded = False  # reload after: Redis may have lost the log meanwhile
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX)
+            except Exception:  # noqa: BLE001 - the live feed must go on
+                log.exception("following the activity stream")
+            else:
+                backoff = BACKOFF_FIRST
+                self.failure = None
                 continue
-            backoff = BACKOFF_FIRST
-            self.failure = None
-            for stream, entries in batches:
-                if stream.decode() == self.log.stream:
-                    self._heard([entry_activity(i, fields) for i, fields in entries])
-                    continue
-                for entry_id, fields in entries:
-                    self._last_alert = entry_id.decode()
-                    if self.on_alert is not None:
-                        self.on_alert(json.loads(fields[b"alert"]))
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX)
+
+    def _take(self, batches: list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]) -> None:
+        """Publish the activities and announce the alerts the stream gave; skip bad entries."""
+        for stream, entries in batches:
+            if not entries:
+                continue
+            if stream.decode() == self.redis_log.stream:
+                self._cursor = entries[-1][0].decode()
+                self._heard([a for a in map(_activity, entries) if a is not None])
+                continue
+            self._last_alert = entries[-1][0].decode()
+            for _, fields in entries:
+                alert = _alert(fields)
+                if alert is not None and self.on_alert is not None:
+                    self.on_alert(alert)
 
     async def _load(self) -> None:
         """At start and after an outage: the log's identity, and the newest alert's id."""
-        epoch = await self.log.ensure_epoch(await self._floor())
+        epoch = await self.redis_log.ensure_epoch(await self._floor())
         if epoch != self.store_id:
             await self._reset(epoch)
         if self._last_alert == "0-0":
-            self._last_alert = await self.log.last_alert_id()
+            self._last_alert = await self.redis_log.last_alert_id()
         self._loaded = True
         self.failure = None
 
     async def _reset(self, epoch: str) -> None:
         """A new log (this process's start, or Redis lost it): begin from what it holds."""
-        newest = await self.log.newest(self.capacity)
+        newest = await self.redis_log.newest(self.capacity)
         with self._lock:
             lost = bool(self.store_id)
             self.store_id = epoch
@@ -214,6 +232,7 @@ class RedisService(ActivityService):
             self._keys.clear()
             self._published = self._last_id = 0
             self._keep(newest)  # history, not news: no subscriber hears of it
+            self._cursor = f"{self._published}-0"
         if lost:
             log.warning("Redis lost the activity log; a new one begins (store %s)", epoch)
             if self.on_reset is not None:
@@ -223,13 +242,16 @@ class RedisService(ActivityService):
         """Publish what the stream holds beyond this process's newest, in id order."""
         with self._lock:
             fresh = [a for a in activities if a.id > self._published]
-            if fresh and fresh[0].id > self._published + 1 and self._published:
+            gap = bool(fresh) and self._published > 0 and fresh[0].id > self._published + 1
+            if gap:
                 log.warning(
                     "missed activities %d-%d (trimmed before this process read them)",
                     self._published + 1,
                     fresh[0].id - 1,
                 )
             self._publish(fresh)
+        if gap and self.on_reset is not None:
+            self.on_reset()  # live clients reconnect and resume (or start over)
 
     def _fail(self, reason: str) -> None:
         if self.failure is None:
@@ -250,7 +272,7 @@ class RedisService(ActivityService):
         if self._follower is not None:
             self._follower.cancel()
             await asyncio.gather(self._follower, return_exceptions=True)
-        await self.log.close()
+        await self.redis_log.close()
 
 
 def _check_repeated_keys(items: Sequence[ActivityInput], keys: Sequence[str | None]) -> None:
@@ -259,3 +281,20 @@ def _check_repeated_keys(items: Sequence[ActivityInput], keys: Sequence[str | No
     for index, (data, key) in enumerate(zip(items, keys, strict=True)):
         if key is not None and first.setdefault(key, data) != data:
             raise IdempotencyConflict(index)
+
+
+def _activity(entry: tuple[bytes, dict[bytes, bytes]]) -> Activity | None:
+    """The entry's activity; None (and a warning) for an entry this server did not write."""
+    try:
+        return entry_activity(*entry)
+    except (KeyError, ValueError) as exc:
+        log.warning("skipping stream entry %r: %r", entry[0], exc)
+        return None
+
+
+def _alert(fields: dict[bytes, bytes]) -> dict[str, Any] | None:
+    try:
+        return json.loads(fields[b"alert"])
+    except (KeyError, ValueError) as exc:
+        log.warning("skipping alert entry: %r", exc)
+        return None
