@@ -439,3 +439,30 @@ def test_the_readme_rules_load_as_written(tmp_path: Path) -> None:
     rules = load_rules_file(tmp_path / "rules.toml")
     assert [r.name for r in rules] == ["brute-force", "password-spraying", "first-export"]
     assert [r.kind for r in rules] == ["count", "distinct", "first_seen"]
+
+
+@pytest.mark.gen_test
+async def test_a_limit_above_the_alerts_lists_them_all(api: Api) -> None:
+    await put_rule(api, "every", {**BRUTE_FORCE, "threshold": 1, "cooldown_s": 0})
+    for i in range(3):
+        await api.track(login_failed(f"u{i}"))
+    listed = json.loads((await api.request("GET", "/api/alerts?limit=5")).body)
+    assert [a["id"] for a in listed] == [1, 2, 3]
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.settings(db=True, commit_timeout=0.3)
+async def test_a_rule_that_cannot_be_saved_is_a_503_not_a_hang(api: Api, settings: Any) -> None:
+    lock = sqlite3.connect(settings.db, isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")  # another program holds the write lock
+    try:
+        await api.track(login_failed("u"))  # a write waits for it too: 503, and the writer
+        refused = await put_rule(api, "brute-force", BRUTE_FORCE)  # does not drop the rule
+        assert refused.code == 503 and refused.headers["Retry-After"] == "1"
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    assert (await put_rule(api, "brute-force", BRUTE_FORCE)).code == 201
+    assert [
+        r["name"] for r in json.loads((await api.request("GET", "/api/alerts/rules")).body)
+    ] == ["brute-force"]

@@ -326,3 +326,13 @@ async def test_filtered_live_feed_gets_only_matches(
 async def test_bad_live_filter_is_400(http_server: object, http_client, base_url: str) -> None:
     response = await http_client.fetch(base_url + "/api/metrics/live?user_id=", raise_error=False)
     assert response.code == 400 and error_of(response)["field"] == "user_id"
+
+
+@pytest.mark.gen_test
+async def test_a_limit_above_the_matches_exports_them_all(
+    api: Api, service: ActivityService
+) -> None:
+    for i in range(3):
+        service.record(ActivityInput("few", "view", str(i)))
+    export = await api.request("GET", "/api/metrics/export?format=ndjson&user_id=few&limit=5")
+    assert len(export.body.splitlines()) == 3

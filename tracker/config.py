@@ -64,7 +64,8 @@ class Settings:
     webhook_secret: str = _opt("", "the webhooks' signing secret: whsec_ and base64")
     commit_timeout: float = _opt(
         5.0,
-        "with --db, seconds a write waits for storage before it is refused (503, not stored)",
+        "with --db, seconds a write waits for the file before it is refused (503, not "
+        "stored); with --redis, Redis gets 2 s",
         minimum=0.1,
         maximum=3600,
     )

@@ -131,7 +131,7 @@ class LiveHub:
         self._lock = threading.Lock()
         self._loop: IOLoop | None = None
         self._last_flush = float("-inf")
-        self._unsubscribe = service.subscribe(self._on_recorded)
+        service.subscribe(self._on_recorded)
 
     @property
     def client_count(self) -> int:
@@ -193,9 +193,11 @@ class LiveHub:
             client.send_frame(text_frame(control_message("reset", reason=reason)))
         # Later ones come through the live queue, which skips ids up to `last`.
         replay = [a for a in replay if a.id <= last and (predicate is None or predicate(a))]
-        sub.backlog[:0] = replay
-        sub.backlog_bytes += size_of(replay)
+        # Live ones that arrived meanwhile wait behind the replay; together, still bounded.
+        waiting, sub.backlog, sub.backlog_bytes = sub.backlog, replay, size_of(replay)
         sub.busy = False
+        if waiting:
+            self._queue(sub, waiting)
         self._drain(sub)
 
     async def _replay(
@@ -208,9 +210,9 @@ class LiveHub:
             reason = "ahead"
         else:
             missed = await self.service.after(since, self.max_backlog)
-            if missed is not None:
+            if missed is not None and size_of(missed) <= self.max_backlog_bytes:
                 return missed, None
-            reason = "evicted"
+            reason = "evicted"  # too far behind, in activities or in bytes
         newest = await self.service.recent(min(self.service.capacity, self.max_backlog))
         # Within the byte bound too: the newest that fit.
         kept, total = 0, 0

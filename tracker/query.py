@@ -6,10 +6,11 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from .activity import Activity, format_timestamp
 
+T = TypeVar("T")
 # The per-minute series never has more points than this (one day); older minutes drop off.
 MAX_SERIES_MINUTES = 1440
 
@@ -43,6 +44,13 @@ class Query:
             and (self.until is None or activity.timestamp < self.until)
             and (self.before_id is None or activity.id < self.before_id)
         )
+
+
+def last(items: list[T], limit: int | None) -> list[T]:
+    """The last `limit` items (all of them when `limit` is None), in their order."""
+    if limit is None:
+        return items
+    return items[-limit:] if limit > 0 else []
 
 
 def canonical_time(moment: datetime) -> str:

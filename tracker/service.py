@@ -17,7 +17,7 @@ from typing import Any
 
 from . import audit
 from .activity import Activity, ActivityInput, format_timestamp, now_timestamp
-from .query import Query, summarize
+from .query import Query, last, summarize
 from .store import Chained, SQLiteStore, WriteFailed
 
 log = logging.getLogger(__name__)
@@ -290,9 +290,7 @@ class ActivityService:
         if self.store is None:
             with self._lock:
                 pairs = list(zip(self._buffer, self._links, strict=True))
-            found = [Chained(a, *link) for a, link in pairs if query.matches(a)]
-            if query.limit is not None:
-                found = found[len(found) - query.limit :] if query.limit else []
+            found = last([Chained(a, *link) for a, link in pairs if query.matches(a)], query.limit)
             for start in range(0, len(found), self.chunk):
                 yield found[start : start + self.chunk]
             return
@@ -373,9 +371,11 @@ class ActivityService:
         cutoff = None
         if days:
             cutoff = format_timestamp(datetime.now(UTC) - timedelta(days=days))
+        # Counted once a run, on a reader: not under the write lock at every step.
+        through = await asyncio.wrap_future(self.store.beyond(max_rows)) if max_rows else None
         deleted = 0
         while not self._stopping:
-            ids = await asyncio.wrap_future(self.store.delete_expired(cutoff, max_rows))
+            ids = await asyncio.wrap_future(self.store.delete_expired(cutoff, through))
             if not ids:
                 break
             deleted += len(ids)

@@ -15,6 +15,7 @@ from tornado.ioloop import IOLoop
 from ..activity import Activity
 from ..hub import LiveHub
 from ..metrics import Metrics
+from ..query import last
 from ..service import ActivityService
 from .engine import AlertEngine
 from .rules import Rule, parse_rule
@@ -160,7 +161,7 @@ class Monitor:
             if (rule is None or alert["rule"] == rule)
             and (severity is None or alert["severity"] == severity)
         ]
-        return found[len(found) - limit :] if limit else []
+        return last(found, limit)
 
     def persist_delivery(self, delivery: Delivery) -> None:
         """Keep a delivery's state with --db, so pending ones survive a restart."""

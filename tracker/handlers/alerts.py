@@ -6,7 +6,6 @@ import json
 
 from ..alerts.monitor import MAX_ALERTS, Monitor, TooManyRules
 from ..alerts.rules import SEVERITIES, RuleError, parse_rule
-from ..store import WriteFailed
 from . import params
 from .base import APIHandler
 from .errors import ApiError
@@ -41,16 +40,11 @@ class RuleHandler(AlertsHandler):
             created = await self.monitor.put_rule(rule)
         except TooManyRules as exc:
             raise ApiError(400, str(exc)) from None
-        except WriteFailed as exc:
-            raise ApiError(503, f"rule not saved: {exc}", headers={"Retry-After": "1"}) from None
         self.set_status(201 if created else 200)
         self.write_json(json.dumps(rule.to_dict()).encode())
 
     async def delete(self, name: str) -> None:
-        try:
-            deleted = await self.monitor.delete_rule(name)
-        except WriteFailed as exc:
-            raise ApiError(503, f"rule not deleted: {exc}", headers={"Retry-After": "1"}) from None
+        deleted = await self.monitor.delete_rule(name)
         if not deleted:
             raise ApiError(404, f"no rule named {name}")
         self.set_status(204)

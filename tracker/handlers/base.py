@@ -7,6 +7,7 @@ from typing import Any
 
 from ..activity import FIELDS, ActivityInput, ValidationError, validate
 from ..service import StoreUnavailable
+from ..store import WriteFailed
 from . import params
 from .auth import require_token
 from .errors import JSON_TYPE, ApiError, JSONErrors
@@ -31,14 +32,16 @@ class APIHandler(JSONErrors):
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, StoreUnavailable):
-            # Storage (the --db writer, Redis) cannot answer now: a retry later may succeed.
+        if isinstance(exc, StoreUnavailable | WriteFailed):
+            # Storage (the --db file, Redis) cannot answer now: nothing was changed, and a
+            # retry later may succeed.
             self.set_header("Retry-After", "1")
-            return self.send_json_error(503, f"storage unavailable: {exc}; retry later")
+            message = f"storage unavailable ({exc}): nothing was recorded or changed; retry later"
+            return self.send_json_error(503, message)
         super().write_error(status_code, **kwargs)
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
-        if isinstance(value, StoreUnavailable):
+        if isinstance(value, StoreUnavailable | WriteFailed):
             return  # an outage, told once by the store or the Redis follower; no traceback
         super().log_exception(typ, value, tb)
 

@@ -8,7 +8,7 @@ from urllib.parse import urlparse
 import tornado.websocket
 from tornado.iostream import StreamClosedError
 
-from ..hub import LiveHub
+from ..hub import CLOSE_GOING_AWAY, LiveHub
 from ..query import Query
 from . import params
 from .auth import WS_PROTOCOL, require_token
@@ -33,9 +33,6 @@ class LiveHandler(JSONErrors, tornado.websocket.WebSocketHandler):
         args_ = self.request.query_arguments
         try:
             require_token(self.request, self.settings.get("api_token", ""), websocket=True)
-            lifecycle = self.settings.get("lifecycle")
-            if lifecycle is not None and lifecycle.stopping:
-                raise ApiError(503, "server shutting down")
             if self.hub.client_count >= self.max_clients:
                 raise ApiError(503, f"too many live clients (at most {self.max_clients})")
             self.since = params.count(args_, "since", None, None)
@@ -72,6 +69,11 @@ class LiveHandler(JSONErrors, tornado.websocket.WebSocketHandler):
         return None
 
     async def open(self, *args: Any, **kwargs: Any) -> None:
+        lifecycle = self.settings.get("lifecycle")
+        if lifecycle is not None and lifecycle.stopping:
+            # Not a 503 during shutdown: the upgrade succeeds and closes as the others did.
+            self.close(CLOSE_GOING_AWAY, "server shutting down")
+            return
         predicate = self.filters.matches if self.filters.filtered else None
         await self.hub.attach(self, since=self.since, store_id=self.store, predicate=predicate)
 

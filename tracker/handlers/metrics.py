@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from tornado.iostream import StreamClosedError
 
 from ..activity import ActivityInput, ValidationError, check_text, encode_list
-from ..service import ActivityService, IdempotencyConflict, Recorded, StoreUnavailable
+from ..service import ActivityService, IdempotencyConflict, Recorded
 from ..store import Chained
 from . import params
 from .base import APIHandler
@@ -38,13 +38,9 @@ class MetricsHandler(APIHandler):
     async def record(
         self, inputs: list[ActivityInput], keys: list[str | None], key_field: str
     ) -> Recorded:
-        """Record through the service; its refusals become 503 and 422 errors."""
+        """Record through the service; a reused key becomes a 422 (a 503 is the base's)."""
         try:
             return await self.service.track(inputs, keys)
-        except StoreUnavailable as exc:
-            raise ApiError(
-                503, f"not recorded: {exc}; retry later", headers={"Retry-After": "1"}
-            ) from None
         except IdempotencyConflict as exc:
             index = None if key_field == "Idempotency-Key" else exc.index
             message = f"{key_field} was used before with a different body"
