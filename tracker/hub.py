@@ -250,8 +250,13 @@ class LiveHub:
         if not batch:
             return
         shared: bytes | None = None
+        # Computed once a flush, not once a client: this loop runs 1,000 times at 1,000.
+        first_id = next((e.id for e in batch if not isinstance(e, Notice)), None)
         for sub in list(self._subs.values()):
-            entries = self._for(sub, batch)
+            if sub.predicate is None and (first_id is None or first_id > sub.after_id):
+                entries = batch  # the common case: everything, to everyone
+            else:
+                entries = self._for(sub, batch)
             if not entries:
                 continue
             if sub.busy:
@@ -265,10 +270,7 @@ class LiveHub:
 
     @staticmethod
     def _for(sub: Subscription, batch: list[Entry]) -> list[Entry]:
-        """The entries of a batch this client should get (the batch itself if all)."""
-        first_id = next((e.id for e in batch if not isinstance(e, Notice)), None)
-        if sub.predicate is None and (first_id is None or first_id > sub.after_id):
-            return batch
+        """The entries of a batch a filtered (or just attached) client should get."""
         return [
             e
             for e in batch
