@@ -151,7 +151,8 @@ class ActivityService:
         # Returns (activities, which are new, the commit to wait for or None).
         # First check every key, so a conflict refuses the whole call before any id is used.
         first_sent: dict[str, ActivityInput] = {}
-        for index, (data, key) in enumerate(zip(items, keys, strict=True)):
+        keyed = keys.count(None) != len(keys)
+        for index, (data, key) in enumerate(zip(items, keys, strict=True) if keyed else ()):
             if key is not None:
                 original = self._original(key, stored)
                 sent = original.input if original else first_sent.setdefault(key, data)

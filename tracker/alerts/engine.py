@@ -109,11 +109,6 @@ class _RuleState:
         actions = rule.match.action
         self.what = actions[0] if actions is not None and len(actions) == 1 else None
 
-    def matches(self, activity: Activity) -> bool:
-        return (self.users is None or activity.user_id in self.users) and (
-            self.actions is None or activity.action in self.actions
-        )
-
     def group_of(self, key: str | None, make: type[_Group], *args: int) -> Any:
         """The group for a key, marked most recently active; made (evicting if full) if new."""
         group = self.groups.get(key)
@@ -227,8 +222,14 @@ class AlertEngine:
         self.max_values = max_values
         self._states: dict[str, _RuleState] = {}
         self._ordered: tuple[_RuleState, ...] = ()
+        # The rules that may match an activity, by its action, in rule-name order: so a
+        # rule about other actions costs one dict lookup, not a look at each rule.
+        self._by_action: dict[str, tuple[_RuleState, ...]] = {}
+        self._any_action: tuple[_RuleState, ...] = ()
         # The latest time seen: an activity stamped earlier is taken as happening now.
         self._now: int | None = None
+        # The last timestamp parsed (a batch's activities share one).
+        self._stamp: tuple[str, int] | None = None
         for rule in rules:
             self.set_rule(rule)
 
@@ -256,8 +257,8 @@ class AlertEngine:
         """The alerts this activity fires, in rule-name order, without ids (the caller's)."""
         alerts: list[Alert] = []
         now: int | None = None
-        for state in self._ordered:
-            if not state.matches(activity):
+        for state in self._by_action.get(activity.action, self._any_action):
+            if state.users is not None and activity.user_id not in state.users:
                 continue
             if now is None:
                 now = self._clock(activity.timestamp)
@@ -268,14 +269,24 @@ class AlertEngine:
 
     def _clock(self, timestamp: str) -> int:
         """The activity's time, never earlier than one already seen (windows stay ordered)."""
-        try:
-            moment = to_micros(timestamp)
-        except (ValueError, OverflowError):
-            # The service makes every timestamp; should one not parse, alerting goes on.
-            moment = self._now or 0
+        if self._stamp is not None and self._stamp[0] == timestamp:
+            moment = self._stamp[1]
+        else:
+            try:
+                moment = to_micros(timestamp)
+            except (ValueError, OverflowError):
+                # The service makes every timestamp; should one not parse, alerting goes on.
+                moment = self._now or 0
+            self._stamp = (timestamp, moment)
         if self._now is None or moment > self._now:
             self._now = moment
         return self._now
 
     def _reorder(self) -> None:
         self._ordered = tuple(self._states[name] for name in sorted(self._states))
+        self._any_action = tuple(state for state in self._ordered if state.actions is None)
+        named = {action for state in self._ordered for action in state.actions or ()}
+        self._by_action = {
+            action: tuple(s for s in self._ordered if s.actions is None or action in s.actions)
+            for action in named
+        }
