@@ -3,6 +3,7 @@ survive each other's death and Redis's, and --workers serves one port."""
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import os
@@ -302,3 +303,32 @@ def test_workers_without_redis_are_refused_in_one_line() -> None:
     )
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "--redis" in result.stderr
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_writes_of_one_turn_share_a_round_trip_and_keep_their_own_answers(
+    redis_server: RedisServer,
+) -> None:
+    from tracker.activity import ActivityInput
+    from tracker.service import IdempotencyConflict
+    from tracker.streams.redis import RedisLog
+    from tracker.streams.redis_service import RedisService
+
+    service = RedisService(RedisLog(redis_server.url), 100)
+    await service.start()
+    try:
+        # Started in one turn: one script call; the key's second body is refused alone.
+        first, second, third = await asyncio.gather(
+            service.track([ActivityInput("a", "pay")], ["order-1"]),
+            service.track([ActivityInput("b", "refund")], ["order-1"]),
+            service.track([ActivityInput("c", "view"), ActivityInput("d", "view")]),
+            return_exceptions=True,
+        )
+        assert isinstance(second, IdempotencyConflict)
+        assert [a.id for a in first[0]] == [1] and first[1] == [True]
+        assert [a.id for a in third[0]] == [2, 3]
+        assert first[0][0].timestamp == third[0][0].timestamp  # one clock reading
+        replay = await service.track([ActivityInput("a", "pay")], ["order-1"])
+        assert replay == ([first[0][0]], [False])
+    finally:
+        await service.stop()

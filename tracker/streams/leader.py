@@ -108,6 +108,9 @@ class SharedMonitor(Monitor):
 
     async def sync_rules(self) -> None:
         """The leader's engine follows the shared rules (a changed rule starts afresh)."""
+        # Before each batch, so a rule put on any process applies to what follows it.
+        if await self.redis_log.rules_version() == self._version:
+            return
         version, bodies = await self.redis_log.rules_state()
         if version == self._version:
             return
@@ -186,12 +189,14 @@ class Leader:
         self._set_leading(True)
         await self._restore_deliveries()
         try:
+            # First what a leader before took and did not finish, then what comes.
+            done = await self.redis_log.processed_id()
+            while entries := await self.redis_log.claim_pending(BATCH):
+                done = await self._process(entries, done)
             while not lost.is_set() and not self._stopped:
-                entries = await self.redis_log.claim_pending(BATCH)
-                if not entries:
-                    entries = await self.redis_log.read_group(BATCH, 1000)
+                entries = await self.redis_log.read_group(BATCH, 1000)
                 if entries:
-                    await self._process(entries)
+                    done = await self._process(entries, done)
         finally:
             renewer.cancel()
             self._set_leading(False)
@@ -211,11 +216,11 @@ class Leader:
         log.warning("lost the lease: another process leads now")
         lost.set()
 
-    async def _process(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+    async def _process(self, entries: list[tuple[bytes, dict[bytes, bytes]]], done: int) -> int:
         """Archive, evaluate, publish the alerts and acknowledge: once, in id order."""
+        # `done`: the newest id processed, by this leader or one before (the mark in Redis).
         entries.sort(key=lambda entry: int(entry[0].split(b"-", 1)[0]))
         activities = [entry_activity(entry_id, fields) for entry_id, fields in entries]
-        done = await self.redis_log.processed_id()
         fresh = [a for a in activities if a.id > done]
         if self.archive is not None and fresh:
             await asyncio.wrap_future(self.archive.archive(fresh))
@@ -229,6 +234,7 @@ class Leader:
         await self.redis_log.mark_processed([entry_id for entry_id, _ in entries], newest, alerts)
         for alert in alerts:
             self.monitor.fired(alert)
+        return newest
 
     async def _restore_deliveries(self) -> None:
         """The leader sends webhooks: it takes over what --db kept pending."""

@@ -28,26 +28,16 @@ KEY_TTL_S = 24 * 3600
 COMMAND_TIMEOUT = 2.0
 TAIL_BLOCK_MS = 1000
 
-# One script per batch, so ids, Redis's clock and the XADDs are one atomic step: id order
-# and time order agree across processes, and a rejected batch changes nothing.
+# One script per round trip, for every request that arrived in one IOLoop turn (a group
+# each), so ids, Redis's clock and the XADDs are one atomic step: id order and time order
+# agree across processes. A group whose key comes back with another body adds nothing.
 APPEND = """
 local stream, seq, epoch_key, clock = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local maxlen, ttl, key_prefix = ARGV[1], ARGV[2], ARGV[3]
-local count = tonumber(ARGV[4])
+local groups = tonumber(ARGV[4])
 local epoch = redis.call('GET', epoch_key)
 if not epoch then
   return {'', 'no-epoch'}  -- a new log, or Redis lost it: the caller makes one first
-end
-local first = 5
-for i = 0, count - 1 do
-  local at = first + i * 5
-  local key = ARGV[at + 3]
-  if key ~= '' then
-    local seen = redis.call('GET', key_prefix .. key)
-    if seen and string.sub(seen, -40) ~= ARGV[at + 4] then
-      return {epoch, 'conflict', i}
-    end
-  end
 end
 local t = redis.call('TIME')
 -- Microseconds as text: Lua's numbers are doubles, and print large ones in e-notation.
@@ -55,38 +45,57 @@ local now = t[1] .. string.format('%06d', tonumber(t[2]))
 local last = redis.call('GET', clock) or '0'
 if tonumber(now) < tonumber(last) then now = last end
 redis.call('SET', clock, now)
-local out = {epoch, 'ok', now}
-for i = 0, count - 1 do
-  local at = first + i * 5
-  local key = ARGV[at + 3]
-  local seen = false
-  if key ~= '' then seen = redis.call('GET', key_prefix .. key) end
-  if seen then
-    out[#out + 1] = 'replay:' .. seen
-  else
-    local id = redis.call('INCR', seq)
-    local fields = {'u', ARGV[at], 'a', ARGV[at + 1], 't', now}
-    if ARGV[at + 2] ~= '' then
-      fields[#fields + 1] = 'd'
-      fields[#fields + 1] = string.sub(ARGV[at + 2], 2)
-    end
+local out = {epoch, now}
+local at = 5
+for g = 1, groups do
+  local count = tonumber(ARGV[at])
+  at = at + 1
+  local conflict = false
+  for i = 0, count - 1 do
+    local key = ARGV[at + i * 5 + 3]
     if key ~= '' then
-      fields[#fields + 1] = 'k'
-      fields[#fields + 1] = key
-      redis.call('SET', key_prefix .. key, id .. ':' .. now .. ':' .. ARGV[at + 4], 'EX', ttl)
+      local seen = redis.call('GET', key_prefix .. key)
+      if seen and string.sub(seen, -40) ~= ARGV[at + i * 5 + 4] then
+        out[#out + 1] = 'conflict:' .. i
+        conflict = true
+        break
+      end
     end
-    if maxlen == '' then
-      redis.call('XADD', stream, id .. '-0', unpack(fields))
-    else
-      redis.call('XADD', stream, 'MAXLEN', '~', maxlen, id .. '-0', unpack(fields))
-    end
-    out[#out + 1] = 'new:' .. id
   end
+  if not conflict then
+    out[#out + 1] = 'ok'
+    for i = 0, count - 1 do
+      local item = at + i * 5
+      local key = ARGV[item + 3]
+      local seen = false
+      if key ~= '' then seen = redis.call('GET', key_prefix .. key) end
+      if seen then
+        out[#out + 1] = 'replay:' .. seen
+      else
+        local id = redis.call('INCR', seq)
+        local fields = {'u', ARGV[item], 'a', ARGV[item + 1], 't', now}
+        if ARGV[item + 2] ~= '' then
+          fields[#fields + 1] = 'd'
+          fields[#fields + 1] = string.sub(ARGV[item + 2], 2)
+        end
+        if key ~= '' then
+          fields[#fields + 1] = 'k'
+          fields[#fields + 1] = key
+          redis.call('SET', key_prefix .. key, id .. ':' .. now .. ':' .. ARGV[item + 4], 'EX', ttl)
+        end
+        if maxlen == '' then
+          redis.call('XADD', stream, id .. '-0', unpack(fields))
+        else
+          redis.call('XADD', stream, 'MAXLEN', '~', maxlen, id .. '-0', unpack(fields))
+        end
+        out[#out + 1] = 'new:' .. id
+      end
+    end
+  end
+  at = at + count * 5
 end
 return out
 """
-
-
 # The log's identity, made with the log: after a loss, ids go on above the archive's.
 ENSURE_EPOCH = """
 local epoch = redis.call('GET', KEYS[1])
@@ -188,7 +197,7 @@ class RedisLog:
         self.clock = prefix + "clock"
         self.key_prefix = prefix + "key:"
         self.rules = prefix + "rules"
-        self.rules_version = prefix + "rules_version"
+        self.rules_version_key = prefix + "rules_version"
         self.alert_seq = prefix + "alert_seq"
         self.leader = prefix + "leader"
         self.processed = prefix + "processed"
@@ -197,13 +206,13 @@ class RedisLog:
         # Each process is one consumer of the group: its host and pid name it.
         self.consumer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         # No retries inside redis-py (its default backs off for seconds): the callers'
-        # loops retry, and a write must fail within COMMAND_TIMEOUT.
+        # loops retry. Connecting (0.5 s) and answering (1.5 s) bound a write to 2 s.
         options = {
-            "socket_connect_timeout": 1.0,
+            "socket_connect_timeout": COMMAND_TIMEOUT / 4,
             "health_check_interval": 10,
             "retry": Retry(NoBackoff(), 0),
         }
-        self.redis = aioredis.from_url(url, socket_timeout=COMMAND_TIMEOUT, **options)
+        self.redis = aioredis.from_url(url, socket_timeout=COMMAND_TIMEOUT * 3 / 4, **options)
         # Blocking reads wait up to TAIL_BLOCK_MS; their socket may take a little longer.
         self.tail_redis = aioredis.from_url(
             url, socket_timeout=TAIL_BLOCK_MS / 1000 + COMMAND_TIMEOUT, **options
@@ -219,35 +228,49 @@ class RedisLog:
         await self.tail_redis.aclose()
 
     async def append(
-        self, items: Sequence[ActivityInput], keys: Sequence[str | None], *, trim: bool
-    ) -> Appended:
-        """Add items to the log; KeyConflict, NoEpoch or RedisUnavailable add nothing."""
-        args: list[Any] = [self.capacity if trim else "", KEY_TTL_S, self.key_prefix, len(items)]
-        prints = [fingerprint(data) for data in items]
-        for data, key, print_ in zip(items, keys, prints, strict=True):
-            # details: "" for null, "=" + the text otherwise (Lua has no nil in a list)
-            shown = "" if data.details is None else "=" + data.details
-            args += [data.user_id, data.action, shown, key or "", print_]
+        self, groups: Sequence[tuple[Sequence[ActivityInput], Sequence[str | None]]], *, trim: bool
+    ) -> list[Appended | KeyConflict]:
+        """Add each group (one request's items and keys) to the log, in one round trip.
+
+        A group whose key came back with another body adds nothing: its KeyConflict takes
+        its place. NoEpoch or RedisUnavailable: nothing was added.
+        """
+        args: list[Any] = [self.capacity if trim else "", KEY_TTL_S, self.key_prefix, len(groups)]
+        for items, keys in groups:
+            args.append(len(items))
+            for data, key in zip(items, keys, strict=True):
+                # details: "" for null, "=" + the text otherwise (Lua has no nil in a list)
+                shown = "" if data.details is None else "=" + data.details
+                args += [data.user_id, data.action, shown, key or "", fingerprint(data)]
         keys_ = [self.stream, self.seq, self.epoch_key, self.clock]
         reply = await self._call(self._append(keys=keys_, args=args))
-        epoch = reply[0].decode()
         if reply[1] == b"no-epoch":
             raise NoEpoch()
-        if reply[1] == b"conflict":
-            raise KeyConflict(int(reply[2]))
-        timestamp = micros_timestamp(int(reply[2]))
-        activities, fresh = [], []
-        for data, key, outcome in zip(items, keys, reply[3:], strict=True):
-            kind, _, value = outcome.decode().partition(":")
-            if kind == "new":
-                activities.append(Activity.create(int(value), data, timestamp, key))
-                fresh.append(True)
-            else:  # a replay: "<id>:<micros>:<fingerprint>" of the original
-                id_, micros, _ = value.split(":")
-                original = micros_timestamp(int(micros))
-                activities.append(Activity.create(int(id_), data, original, key))
-                fresh.append(False)
-        return Appended(epoch, activities, fresh)
+        epoch, timestamp = reply[0].decode(), micros_timestamp(int(reply[1]))
+        outcomes = iter(reply[2:])
+        results: list[Appended | KeyConflict] = []
+        for items, keys in groups:
+            status = next(outcomes).decode()
+            if status.startswith("conflict:"):
+                results.append(KeyConflict(int(status.partition(":")[2])))
+                continue
+            made = [
+                self._made(data, key, next(outcomes), timestamp)
+                for data, key in zip(items, keys, strict=True)
+            ]
+            results.append(Appended(epoch, [a for a, _ in made], [fresh for _, fresh in made]))
+        return results
+
+    @staticmethod
+    def _made(
+        data: ActivityInput, key: str | None, outcome: bytes, timestamp: str
+    ) -> tuple[Activity, bool]:
+        """An item's activity, and whether it is new ("new:<id>") or its original's replay."""
+        kind, _, value = outcome.decode().partition(":")
+        if kind == "new":
+            return Activity.create(int(value), data, timestamp, key), True
+        id_, micros, _ = value.split(":")  # a replay: "<id>:<micros>:<fingerprint>"
+        return Activity.create(int(id_), data, micros_timestamp(int(micros)), key), False
 
     async def _call(self, awaitable: Any) -> Any:
         try:
@@ -318,11 +341,15 @@ class RedisLog:
     async def rules_state(self) -> tuple[int, dict[str, dict[str, Any]]]:
         """The rules' version and every rule's body, by name."""
         pipe = self.redis.pipeline(transaction=True)
-        pipe.get(self.rules_version)
+        pipe.get(self.rules_version_key)
         pipe.hgetall(self.rules)
         version, bodies = await self._call(pipe.execute())
         rules = {name.decode(): json.loads(body) for name, body in bodies.items()}
         return int(version or 0), rules
+
+    async def rules_version(self) -> int:
+        """A number that changes whenever a rule does."""
+        return int(await self._call(self.redis.get(self.rules_version_key)) or 0)
 
     async def save_rule(self, name: str, body: dict[str, Any] | None) -> None:
         """Create, replace (or with None, delete) a rule; the leader picks it up."""
@@ -331,7 +358,7 @@ class RedisLog:
             pipe.hdel(self.rules, name)
         else:
             pipe.hset(self.rules, name, json.dumps(body))
-        pipe.incr(self.rules_version)
+        pipe.incr(self.rules_version_key)
         await self._call(pipe.execute())
 
     async def record_delivery(self, delivery: dict[str, Any]) -> None:

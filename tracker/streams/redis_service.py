@@ -52,6 +52,9 @@ class RedisService(ActivityService):
         self._loop_thread: int | None = None
         self._follower: asyncio.Task[None] | None = None
         self._last_alert = "0-0"
+        # Writes waiting for the next round trip to Redis, and those under way.
+        self._to_send: list[tuple[Sequence[ActivityInput], list[str | None], Any]] = []
+        self._sending: set[asyncio.Task[None]] = set()
         # Where following the stream goes on from (past entries it could not read, too).
         self._cursor = "0-0"
         self._loaded = False
@@ -64,9 +67,10 @@ class RedisService(ActivityService):
         keys = list(keys) if keys else [None] * len(items)
         _check_repeated_keys(items, keys)
         try:
-            appended = await asyncio.wait_for(self._append(items, keys), COMMAND_TIMEOUT)
-        except (RedisUnavailable, TimeoutError) as exc:
-            raise StoreUnavailable(f"Redis did not confirm it ({exc or 'timed out'})") from None
+            # Bounded by the connection's own timeouts: no wait_for, and no task per write.
+            appended = await self._append(items, keys)
+        except RedisUnavailable as exc:
+            raise StoreUnavailable(f"Redis did not confirm it ({exc})") from None
         except KeyConflict as exc:
             raise IdempotencyConflict(exc.index) from None
         if appended.epoch != self.store_id:
@@ -76,12 +80,39 @@ class RedisService(ActivityService):
         return appended.activities, appended.fresh
 
     async def _append(self, items: Sequence[ActivityInput], keys: list[str | None]) -> Appended:
-        # Untrimmed here: the leader trims what it has archived and evaluated.
+        """Append through the next round trip to Redis, shared by this IOLoop turn's writes."""
+        future: asyncio.Future[Appended] = asyncio.get_running_loop().create_future()
+        self._to_send.append((items, keys, future))
+        if len(self._to_send) == 1:
+            asyncio.get_running_loop().call_soon(self._send_writes)
+        return await future
+
+    def _send_writes(self) -> None:
+        writes, self._to_send = self._to_send, []
+        task = asyncio.ensure_future(self._send(writes))
+        self._sending.add(task)  # a reference, so the task is not collected mid-way
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(
+        self, writes: list[tuple[Sequence[ActivityInput], list[str | None], Any]]
+    ) -> None:
+        groups = [(items, keys) for items, keys, _ in writes]
         try:
-            return await self.redis_log.append(items, keys, trim=False)
-        except NoEpoch:
-            await self.redis_log.ensure_epoch(await self._floor())
-            return await self.redis_log.append(items, keys, trim=False)
+            # Untrimmed here: the leader trims what it has archived and evaluated.
+            try:
+                results: list[Any] = await self.redis_log.append(groups, trim=False)
+            except NoEpoch:
+                await self.redis_log.ensure_epoch(await self._floor())
+                results = await self.redis_log.append(groups, trim=False)
+        except Exception as exc:  # noqa: BLE001 - each waiting request gets the answer
+            results = [exc] * len(writes)
+        for (_, _, future), result in zip(writes, results, strict=True):
+            if future.done():
+                continue
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
 
     async def _floor(self) -> int:
         """Where a new log's ids start: above everything the --db file holds."""
