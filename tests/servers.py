@@ -15,8 +15,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -98,21 +96,6 @@ class Server:
         lines = conn.getresponse().read().decode().splitlines()
         conn.close()
         return [json.loads(line) for line in lines]
-
-
-@pytest.fixture
-def server(db_path: str) -> Any:
-    made: list[Server] = []
-
-    def make(*extra: str) -> Server:
-        made.append(Server(db_path, *extra))
-        return made[-1]
-
-    yield make
-    for each in made:
-        if each.proc is not None:
-            each.proc.kill()
-            each.proc.wait()
 
 
 class RedisServer:
