@@ -188,6 +188,39 @@ def test_the_archive_is_complete_after_a_worker_crash(trackers: Any, tmp_path: P
     assert verdict.ok and verdict.count == 120, verdict
 
 
+def test_entries_a_deposed_leader_read_are_archived_in_order(
+    trackers: Any, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    import sqlite3
+
+    import redis
+
+    db = str(tmp_path / "archive.db")
+    leader = trackers(db=db)
+    post(leader)
+    until(lambda: _archived(leader) == [1])
+    ghost = redis.Redis.from_url(redis_server.url)
+    lock = sqlite3.connect(db)
+    lock.execute("BEGIN IMMEDIATE")  # the leader's next archive step waits: it reads no more
+    try:
+        post(leader)
+        until(lambda: ghost.xpending("tracker:activities", "archive")["pending"] == 1)
+        post(leader), post(leader)
+        # Another consumer (a leader deposed mid-read) is given 3 and 4, and then dies.
+        taken = ghost.xreadgroup("archive", "ghost", {"tracker:activities": ">"})
+        assert [entry_id for entry_id, _ in taken[0][1]] == [b"3-0", b"4-0"]
+        post(leader)
+    finally:
+        lock.rollback()
+        lock.close()
+    until(lambda: _archived(leader) == [1, 2, 3, 4, 5])
+    assert ghost.xpending("tracker:activities", "archive")["pending"] == 0
+    ghost.close()
+    assert leader.stop() == 0
+    verdict = verify_database(db)
+    assert verdict.ok and verdict.count == 5, verdict
+
+
 def _archived(server: Server) -> list[int]:
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     conn.request("GET", "/api/metrics/export?format=ndjson")

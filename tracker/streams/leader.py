@@ -13,7 +13,7 @@ from ..alerts.webhooks import Delivery
 from ..hub import LiveHub
 from ..metrics import Metrics
 from ..store import SQLiteStore, WriteFailed
-from .redis import RedisLog, RedisUnavailable, entry_activity
+from .redis import RedisLog, RedisUnavailable, activity_id, entry_activity
 from .redis_service import RedisService
 
 log = logging.getLogger(__name__)
@@ -190,16 +190,27 @@ class Leader:
         await self._restore_deliveries()
         try:
             # First what a leader before took and did not finish, then what comes.
-            done = await self.redis_log.processed_id()
-            while entries := await self.redis_log.claim_pending(BATCH):
-                done = await self._process(entries, done)
+            done = await self._take_over(await self.redis_log.processed_id(), lost)
             while not lost.is_set() and not self._stopped:
                 entries = await self.redis_log.read_group(BATCH, 1000)
+                if not entries or activity_id(entries[0][0]) > done + 1:
+                    # Idle, or ids skipped: a leader deposed mid-read may hold entries
+                    # unacknowledged. Take them first, so everything goes in id order.
+                    done = await self._take_over(done, lost)
                 if entries:
                     done = await self._process(entries, done)
         finally:
             renewer.cancel()
             self._set_leading(False)
+
+    async def _take_over(self, done: int, lost: asyncio.Event) -> int:
+        """Process what other consumers were given and never acknowledged, in id order."""
+        while not lost.is_set() and not self._stopped:
+            entries = await self.redis_log.claim_pending(BATCH)
+            if not entries:
+                break
+            done = await self._process(entries, done)
+        return done
 
     def _set_leading(self, leading: bool) -> None:
         if self.on_lead is not None:
@@ -219,7 +230,7 @@ class Leader:
     async def _process(self, entries: list[tuple[bytes, dict[bytes, bytes]]], done: int) -> int:
         """Archive, evaluate, publish the alerts and acknowledge: once, in id order."""
         # `done`: the newest id processed, by this leader or one before (the mark in Redis).
-        entries.sort(key=lambda entry: int(entry[0].split(b"-", 1)[0]))
+        entries.sort(key=lambda entry: activity_id(entry[0]))
         activities = [entry_activity(entry_id, fields) for entry_id, fields in entries]
         fresh = [a for a in activities if a.id > done]
         if self.archive is not None and fresh:

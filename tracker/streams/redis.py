@@ -159,16 +159,21 @@ def micros_timestamp(micros: int) -> str:
     return format_timestamp(_EPOCH + timedelta(microseconds=micros))
 
 
-def entry_activity(entry_id: bytes | str, fields: dict[bytes, bytes]) -> Activity:
-    """An activity from its stream entry (the entry id is "<activity id>-0")."""
+def activity_id(entry_id: bytes | str) -> int:
+    """The activity id of a stream entry: its entry id is "<activity id>-0"."""
     text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return int(text.split("-", 1)[0])
+
+
+def entry_activity(entry_id: bytes | str, fields: dict[bytes, bytes]) -> Activity:
+    """An activity from its stream entry."""
     details = fields.get(b"d")
     key = fields.get(b"k")
     data = ActivityInput(
         fields[b"u"].decode(), fields[b"a"].decode(), None if details is None else details.decode()
     )
     return Activity.create(
-        int(text.split("-", 1)[0]),
+        activity_id(entry_id),
         data,
         micros_timestamp(int(fields[b"t"])),
         None if key is None else key.decode(),
@@ -304,7 +309,7 @@ class RedisLog:
     async def oldest_id(self) -> int | None:
         """The id of the oldest activity the log still holds."""
         entries = await self._call(self.redis.xrange(self.stream, count=1))
-        return int(entries[0][0].decode().split("-", 1)[0]) if entries else None
+        return activity_id(entries[0][0]) if entries else None
 
     async def last_id(self) -> int:
         """The newest id handed out."""
