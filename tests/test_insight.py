@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 import pytest
 
-from tracker.activity import Activity, ActivityInput
+from tracker.activity import Activity, ActivityInput, ValidationError
 from tracker.query import Query, summarize
 from tracker.service import ActivityService
 
@@ -336,3 +336,14 @@ async def test_a_limit_above_the_matches_exports_them_all(
         service.record(ActivityInput("few", "view", str(i)))
     export = await api.request("GET", "/api/metrics/export?format=ndjson&user_id=few&limit=5")
     assert len(export.body.splitlines()) == 3
+
+
+@pytest.mark.gen_test
+async def test_recording_in_process_refuses_bad_input_whole_and_uses_no_id(
+    api: Api, service: ActivityService
+) -> None:
+    good, bad = ActivityInput("ok", "view", None), ActivityInput("ok", "view", "\ud800")
+    with pytest.raises(ValidationError) as caught:
+        service.record_many([good, bad])
+    assert caught.value.field == "details"
+    assert service.record(good).id == 1

@@ -342,7 +342,7 @@ def test_workers_without_redis_are_refused_in_one_line() -> None:
 async def test_writes_of_one_turn_share_a_round_trip_and_keep_their_own_answers(
     redis_server: RedisServer,
 ) -> None:
-    from tracker.activity import ActivityInput
+    from tracker.activity import ActivityInput, ValidationError
     from tracker.service import IdempotencyConflict
     from tracker.streams.redis import RedisLog
     from tracker.streams.redis_service import RedisService
@@ -363,5 +363,12 @@ async def test_writes_of_one_turn_share_a_round_trip_and_keep_their_own_answers(
         assert first[0][0].timestamp == third[0][0].timestamp  # one clock reading
         replay = await service.track([ActivityInput("a", "pay")], ["order-1"])
         assert replay == ([first[0][0]], [False])
+        # Bad input from another thread is refused there, alone; the next id is the next.
+        bad = [ActivityInput("e", "view", "\ud800")]
+        refused = asyncio.get_running_loop().run_in_executor(None, service.record_many, bad)
+        after = await service.track([ActivityInput("f", "view")])
+        with pytest.raises(ValidationError):
+            await refused
+        assert [a.id for a in after[0]] == [4]
     finally:
         await service.stop()

@@ -16,7 +16,7 @@ from functools import partial
 from typing import Any
 
 from . import audit
-from .activity import Activity, ActivityInput, format_timestamp, now_timestamp
+from .activity import Activity, ActivityInput, format_timestamp, now_timestamp, validate
 from .query import Query, last, summarize
 from .store import Chained, SQLiteStore, WriteFailed
 
@@ -114,6 +114,8 @@ class ActivityService:
 
     def record_many(self, items: Sequence[ActivityInput]) -> list[Activity]:
         """Record several with consecutive ids, published as one run; from any thread."""
+        # Built in-process, not by a handler: checked here, so bad input uses no id.
+        items = [validate(item._asdict()) for item in items]
         with self._lock:
             activities, _, durable = self._accept(items, [None] * len(items), {})
         if durable is not None:

@@ -9,7 +9,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
-from ..activity import Activity, ActivityInput
+from ..activity import Activity, ActivityInput, validate
 from ..query import Query, last, summarize
 from ..service import ActivityService, IdempotencyConflict, Recorded, StoreUnavailable
 from ..store import Chained, SQLiteStore
@@ -124,6 +124,8 @@ class RedisService(ActivityService):
         """Record from a thread other than the IOLoop's; blocks until Redis confirms."""
         if self._loop is None or threading.get_ident() == self._loop_thread:
             raise RuntimeError("with --redis, record from another thread, or await track()")
+        # Checked here, so bad input fails alone, not the writes sharing its round trip.
+        items = [validate(item._asdict()) for item in items]
         future = asyncio.run_coroutine_threadsafe(self.track(items), self._loop)
         try:
             return future.result(COMMAND_TIMEOUT + 1)[0]
