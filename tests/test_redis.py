@@ -221,6 +221,26 @@ def test_entries_a_deposed_leader_read_are_archived_in_order(
     assert verdict.ok and verdict.count == 5, verdict
 
 
+def test_a_frozen_redis_gets_bounded_503s_then_recovery(
+    trackers: Any, redis_server: RedisServer
+) -> None:
+    a = trackers()
+    post(a)
+    assert redis_server.proc is not None
+    os.kill(redis_server.proc.pid, signal.SIGSTOP)  # up, but answering nothing
+    try:
+        started = time.monotonic()
+        status, body, response = a.request("POST", TRACK.format(user="u", action="view"))
+        waited = time.monotonic() - started
+        assert status == 503 and response.headers["Retry-After"], body
+        assert waited < 4, f"a write waited {waited:.1f} s (bound: 2 s)"
+        until(lambda: a.request("GET", "/readyz")[0] == 503, timeout=10)
+    finally:
+        os.kill(redis_server.proc.pid, signal.SIGCONT)
+    until(lambda: a.request("GET", "/readyz")[0] == 200)
+    assert post(a)["id"] >= 2  # the 503 was a write Redis may have taken late
+
+
 def _archived(server: Server) -> list[int]:
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     conn.request("GET", "/api/metrics/export?format=ndjson")

@@ -98,14 +98,26 @@ class RedisService(ActivityService):
     ) -> None:
         groups = [(items, keys) for items, keys, _ in writes]
         try:
-            # Untrimmed here: the leader trims what it has archived and evaluated.
-            try:
-                results: list[Any] = await self.redis_log.append(groups, trim=False)
-            except NoEpoch:
-                await self.redis_log.ensure_epoch(await self._floor())
-                results = await self.redis_log.append(groups, trim=False)
+            # One bound for every round trip here (a reloaded script, a new epoch).
+            async with asyncio.timeout(COMMAND_TIMEOUT):
+                # Untrimmed here: the leader trims what it has archived and evaluated.
+                try:
+                    results: list[Any] = await self.redis_log.append(groups, trim=False)
+                except NoEpoch:
+                    await self.redis_log.ensure_epoch(await self._floor())
+                    results = await self.redis_log.append(groups, trim=False)
+        except TimeoutError:
+            results = [RedisUnavailable("Redis timed out")] * len(writes)
         except Exception as exc:  # noqa: BLE001 - each waiting request gets the answer
             results = [exc] * len(writes)
+        except BaseException:
+            # Cancelled (the loop is stopping): nothing is confirmed, and nobody is left waiting.
+            self._answer(writes, [RedisUnavailable("interrupted")] * len(writes))
+            raise
+        self._answer(writes, results)
+
+    @staticmethod
+    def _answer(writes: list[tuple[Any, Any, Any]], results: list[Any]) -> None:
         for (_, _, future), result in zip(writes, results, strict=True):
             if future.done():
                 continue
