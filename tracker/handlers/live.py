@@ -100,6 +100,7 @@ class LiveHandler(JSONErrors, tornado.websocket.WebSocketHandler):
             except BlockingIOError:
                 sent = 0
             except OSError:
+                stream.close()  # as IOStream.write would: the client sees the feed end
                 return None
             if sent == len(frame):
                 return True
