@@ -67,7 +67,7 @@ class RedisService(ActivityService):
         keys = list(keys) if keys else [None] * len(items)
         _check_repeated_keys(items, keys)
         try:
-            # Bounded by the connection's own timeouts: no wait_for, and no task per write.
+            # Sent with the other writes of this IOLoop turn; _send bounds it at 2 s.
             appended = await self._append(items, keys)
         except RedisUnavailable as exc:
             raise StoreUnavailable(f"Redis did not confirm it ({exc})") from None
@@ -118,6 +118,7 @@ class RedisService(ActivityService):
 
     @staticmethod
     def _answer(writes: list[tuple[Any, Any, Any]], results: list[Any]) -> None:
+        """Settle each waiting write's future with its result or exception."""
         for (_, _, future), result in zip(writes, results, strict=True):
             if future.done():
                 continue
