@@ -50,10 +50,9 @@ class Tracker:
 
     async def start(self) -> None:
         """Start the background work (on the IOLoop): following Redis, upkeep, webhooks."""
-        if isinstance(self.service, RedisService) and isinstance(self.monitor, SharedMonitor):
-            await self.service.start()
-            await self.monitor.start()
         if self.leader is not None:
+            await self.leader.service.start()
+            await self.leader.monitor.start()
             self.leader.start()  # retention and checkpoints start when it leads
         else:
             self._upkeep(True)
@@ -164,7 +163,7 @@ def build(settings: Settings) -> Tracker:
     tracker = Tracker(settings, service, hub, Lifecycle(), integrity, metrics, monitor)
     if isinstance(service, RedisService) and isinstance(monitor, SharedMonitor):
         service.on_reset = lambda: hub.close_all(CLOSE_STORE_CHANGED, "store changed")
-        tracker.leader = Leader(service, monitor, archive=store, on_lead=tracker._upkeep)
+        tracker.leader = Leader(service, monitor, on_lead=tracker._upkeep)
     tracker.app = make_app(tracker)
     return tracker
 

@@ -12,7 +12,7 @@ from ..alerts.rules import Rule, parse_rule
 from ..alerts.webhooks import Delivery
 from ..hub import LiveHub
 from ..metrics import Metrics
-from ..store import SQLiteStore, WriteFailed
+from ..store import WriteFailed
 from .redis import RedisLog, RedisUnavailable, activity_id, entry_activity
 from .redis_service import RedisService
 
@@ -134,13 +134,13 @@ class Leader:
         service: RedisService,
         monitor: SharedMonitor,
         *,
-        archive: SQLiteStore | None = None,
         on_lead: Callable[[bool], None] | None = None,
     ) -> None:
         self.redis_log: RedisLog = service.redis_log
         self.service = service
         self.monitor = monitor
-        self.archive = archive
+        # With --db: the file every activity is archived to (it serves history queries).
+        self.archive = service.store
         # Told True when this process starts leading, False when it stops (retention and
         # checkpoints of the --db file run on the leader only).
         self.on_lead = on_lead

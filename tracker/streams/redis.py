@@ -18,7 +18,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from ..activity import Activity, ActivityInput, format_timestamp
+from ..alerts.monitor import MAX_ALERTS
 from ..query import last
+from ..service import IdempotencyConflict
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 log = logging.getLogger(__name__)
@@ -33,8 +35,8 @@ TAIL_BLOCK_MS = 1000
 # agree across processes. A group whose key comes back with another body adds nothing.
 APPEND = """
 local stream, seq, epoch_key, clock = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local maxlen, ttl, key_prefix = ARGV[1], ARGV[2], ARGV[3]
-local groups = tonumber(ARGV[4])
+local ttl, key_prefix = ARGV[1], ARGV[2]
+local groups = tonumber(ARGV[3])
 local epoch = redis.call('GET', epoch_key)
 if not epoch then
   return {'', 'no-epoch'}  -- a new log, or Redis lost it: the caller makes one first
@@ -46,7 +48,7 @@ local last = redis.call('GET', clock) or '0'
 if tonumber(now) < tonumber(last) then now = last end
 redis.call('SET', clock, now)
 local out = {epoch, now}
-local at = 5
+local at = 4
 for g = 1, groups do
   local count = tonumber(ARGV[at])
   at = at + 1
@@ -83,11 +85,8 @@ for g = 1, groups do
           fields[#fields + 1] = key
           redis.call('SET', key_prefix .. key, id .. ':' .. now .. ':' .. ARGV[item + 4], 'EX', ttl)
         end
-        if maxlen == '' then
-          redis.call('XADD', stream, id .. '-0', unpack(fields))
-        else
-          redis.call('XADD', stream, 'MAXLEN', '~', maxlen, id .. '-0', unpack(fields))
-        end
+        -- Untrimmed here: the leader trims what it has archived and evaluated.
+        redis.call('XADD', stream, id .. '-0', unpack(fields))
         out[#out + 1] = 'new:' .. id
       end
     end
@@ -119,7 +118,6 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
-ALERTS_KEPT = 1000  # the shared alert stream's length, as /api/alerts keeps in memory
 
 
 class RedisUnavailable(Exception):
@@ -138,14 +136,6 @@ def unavailable(exc: BaseException) -> RedisUnavailable:
 
 class NoEpoch(Exception):
     """The log has no identity yet (new, or Redis lost it): make one, then append."""
-
-
-class KeyConflict(Exception):
-    """An idempotency key came back with another body than its original's."""
-
-    def __init__(self, index: int) -> None:
-        super().__init__(f"item {index}: key reused with a different body")
-        self.index = index
 
 
 def fingerprint(data: ActivityInput) -> str:
@@ -233,14 +223,14 @@ class RedisLog:
         await self.tail_redis.aclose()
 
     async def append(
-        self, groups: Sequence[tuple[Sequence[ActivityInput], Sequence[str | None]]], *, trim: bool
-    ) -> list[Appended | KeyConflict]:
+        self, groups: Sequence[tuple[Sequence[ActivityInput], Sequence[str | None]]]
+    ) -> list[Appended | IdempotencyConflict]:
         """Add each group (one request's items and keys) to the log, in one round trip.
 
-        A group whose key came back with another body adds nothing: its KeyConflict takes
-        its place. NoEpoch or RedisUnavailable: nothing was added.
+        A group whose key came back with another body adds nothing: its IdempotencyConflict
+        takes its place. NoEpoch or RedisUnavailable: nothing was added.
         """
-        args: list[Any] = [self.capacity if trim else "", KEY_TTL_S, self.key_prefix, len(groups)]
+        args: list[Any] = [KEY_TTL_S, self.key_prefix, len(groups)]
         for items, keys in groups:
             args.append(len(items))
             for data, key in zip(items, keys, strict=True):
@@ -253,11 +243,11 @@ class RedisLog:
             raise NoEpoch()
         epoch, timestamp = reply[0].decode(), micros_timestamp(int(reply[1]))
         outcomes = iter(reply[2:])
-        results: list[Appended | KeyConflict] = []
+        results: list[Appended | IdempotencyConflict] = []
         for items, keys in groups:
             status = next(outcomes).decode()
             if status.startswith("conflict:"):
-                results.append(KeyConflict(int(status.partition(":")[2])))
+                results.append(IdempotencyConflict(int(status.partition(":")[2])))
                 continue
             made = [
                 self._made(data, key, next(outcomes), timestamp)
@@ -321,10 +311,8 @@ class RedisLog:
     ) -> list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]:
         """Block up to TAIL_BLOCK_MS for entries after these ids, in both streams."""
         streams = {self.stream: after_activity, self.alerts: after_alert}
-        try:
-            return await self.tail_redis.xread(streams, count=1000, block=TAIL_BLOCK_MS) or []
-        except (aioredis.RedisError, OSError) as exc:
-            raise unavailable(exc) from None
+        reply = self.tail_redis.xread(streams, count=1000, block=TAIL_BLOCK_MS)
+        return await self._call(reply) or []
 
     # -- alerts, shared by every process -------------------------------------------------
 
@@ -369,7 +357,7 @@ class RedisLog:
     async def record_delivery(self, delivery: dict[str, Any]) -> None:
         """Append a webhook delivery's new state to the shared delivery log."""
         entry = {"delivery": json.dumps(delivery)}
-        await self._call(self.redis.xadd(self.deliveries_log, entry, maxlen=4 * ALERTS_KEPT))
+        await self._call(self.redis.xadd(self.deliveries_log, entry, maxlen=4 * MAX_ALERTS))
 
     async def deliveries(self, limit: int) -> list[dict[str, Any]]:
         """The newest `limit` deliveries, each in its latest state, oldest first."""
@@ -434,7 +422,7 @@ class RedisLog:
         """In one transaction: publish the alerts, move the mark, acknowledge, and trim."""
         pipe = self.redis.pipeline(transaction=True)
         for alert in alerts:
-            pipe.xadd(self.alerts, {"alert": json.dumps(alert)}, maxlen=ALERTS_KEPT)
+            pipe.xadd(self.alerts, {"alert": json.dumps(alert)}, maxlen=MAX_ALERTS)
         pipe.set(self.processed, newest)
         pipe.xack(self.stream, self.group, *entry_ids)
         # Keep at least `capacity` of the history; never what is not yet processed.

@@ -10,13 +10,12 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from ..activity import Activity, ActivityInput, validate
-from ..query import Query, last, summarize
+from ..query import Query, last
 from ..service import ActivityService, IdempotencyConflict, Recorded, StoreUnavailable
 from ..store import Chained, SQLiteStore
 from .redis import (
     COMMAND_TIMEOUT,
     Appended,
-    KeyConflict,
     NoEpoch,
     RedisLog,
     RedisUnavailable,
@@ -71,8 +70,6 @@ class RedisService(ActivityService):
             appended = await self._append(items, keys)
         except RedisUnavailable as exc:
             raise StoreUnavailable(f"Redis did not confirm it ({exc})") from None
-        except KeyConflict as exc:
-            raise IdempotencyConflict(exc.index) from None
         if appended.epoch != self.store_id:
             self._loaded = False  # a new log: the follower starts over from it
         with self._lock:
@@ -100,12 +97,11 @@ class RedisService(ActivityService):
         try:
             # One bound for every round trip here (a reloaded script, a new epoch).
             async with asyncio.timeout(COMMAND_TIMEOUT):
-                # Untrimmed here: the leader trims what it has archived and evaluated.
                 try:
-                    results: list[Any] = await self.redis_log.append(groups, trim=False)
+                    results: list[Any] = await self.redis_log.append(groups)
                 except NoEpoch:
                     await self.redis_log.ensure_epoch(await self._floor())
-                    results = await self.redis_log.append(groups, trim=False)
+                    results = await self.redis_log.append(groups)
         except TimeoutError:
             results = [RedisUnavailable("Redis timed out")] * len(writes)
         except Exception as exc:  # noqa: BLE001 - each waiting request gets the answer
@@ -169,7 +165,7 @@ class RedisService(ActivityService):
 
     async def summary(self, query: Query, top: int) -> dict[str, Any]:
         if self.store is None:
-            return summarize(await self.query(query), top)
+            return await super().summary(query, top)
         horizon = await self._archive_caught_up()
         return await asyncio.wrap_future(self.store.summary(query, horizon, top))
 
@@ -275,8 +271,7 @@ class RedisService(ActivityService):
             self.store_id = epoch
             self._buffer.clear()
             self._links.clear()
-            self._keys.clear()
-            self._published = self._last_id = 0
+            self._published = 0
             self._keep(newest)  # history, not news: no subscriber hears of it
             self._cursor = f"{self._published}-0"
         if lost:
@@ -305,12 +300,7 @@ class RedisService(ActivityService):
         self.failure = reason or "unreachable"
 
     def health(self) -> dict[str, dict[str, Any]]:
-        checks: dict[str, dict[str, Any]] = {
-            "redis": {"ok": self.failure is None, "error": self.failure}
-        }
-        if self.store is not None:
-            checks["store"] = self.store.health()
-        return checks
+        return {"redis": {"ok": self.failure is None, "error": self.failure}, **super().health()}
 
     async def stop(self) -> None:
         """Stop following the stream and close the connections; on the IOLoop."""
