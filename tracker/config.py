@@ -10,16 +10,9 @@ from dataclasses import Field, dataclass, field, fields
 from typing import Any
 
 
-def _opt(
-    default: Any,
-    help: str,
-    minimum: float = 1,
-    maximum: float = math.inf,
-    choices: tuple[str, ...] = (),
-) -> Any:
-    """A setting: its default, its --help text, and the numbers or words it accepts."""
-    limits = {"minimum": minimum, "maximum": maximum, "choices": choices}
-    return field(default=default, metadata={"help": help, **limits})
+def _opt(default: Any, help: str, minimum: float = 1, maximum: float = math.inf) -> Any:
+    """A setting: its default, its --help text, and the numbers it accepts."""
+    return field(default=default, metadata={"help": help, "minimum": minimum, "maximum": maximum})
 
 
 @dataclass(frozen=True)
@@ -124,10 +117,7 @@ def _convert(kind: type, raw: str) -> Any:
 
 
 def _check(value: object, spec: Field[Any]) -> None:
-    """Refuse words outside the setting's choices, numbers outside its range, NaN, infinity."""
-    choices = spec.metadata["choices"]
-    if choices and value not in choices:
-        raise ValueError(f"--{spec.name.replace('_', '-')} must be one of {', '.join(choices)}")
+    """Refuse numbers outside the setting's range, NaN, infinity."""
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return
     low, high = spec.metadata["minimum"], spec.metadata["maximum"]

@@ -20,14 +20,11 @@ class ApiError(tornado.web.HTTPError):
         message: str,
         field: str | None = None,
         index: int | None = None,
-        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(status, reason=HTTPStatus(status).phrase)
         self.message = message
         self.field = field
         self.index = index
-        # Sent with the error (such as Retry-After); Tornado clears earlier headers.
-        self.headers = headers or {}
 
 
 def status_phrase(status: int) -> str:
@@ -67,8 +64,6 @@ class JSONErrors(tornado.web.RequestHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, ApiError):
-            for name, value in exc.headers.items():
-                self.set_header(name, value)
             return self.send_json_error(status_code, exc.message, exc.field, exc.index)
         if status_code >= 500:
             # The traceback goes to the server's log, never to the client.
