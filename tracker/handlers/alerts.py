@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from ..alerts.monitor import MAX_ALERTS, Monitor, TooManyRules
 from ..alerts.rules import SEVERITIES, RuleError, parse_rule
 from . import params
@@ -25,7 +23,7 @@ class RulesHandler(AlertsHandler):
     """GET /api/alerts/rules: every rule, sorted by name."""
 
     async def get(self) -> None:
-        self.write_json(json.dumps(await self.monitor.rules()).encode())
+        self.write_value(await self.monitor.rules())
 
 
 class RuleHandler(AlertsHandler):
@@ -41,7 +39,7 @@ class RuleHandler(AlertsHandler):
         except TooManyRules as exc:
             raise ApiError(400, str(exc)) from None
         self.set_status(201 if created else 200)
-        self.write_json(json.dumps(rule.to_dict()).encode())
+        self.write_value(rule.to_dict())
 
     async def delete(self, name: str) -> None:
         deleted = await self.monitor.delete_rule(name)
@@ -56,22 +54,20 @@ class AlertListHandler(AlertsHandler):
 
     def get(self) -> None:
         args = self.request.arguments
-        limit = params.count(args, "limit", DEFAULT_LIMIT, MAX_ALERTS)
-        assert limit is not None
+        limit = params.limit(args, "limit", DEFAULT_LIMIT, MAX_ALERTS)
         rule = params.single(args, "rule")
         severity = params.single(args, "severity")
         if severity is not None and severity not in SEVERITIES:
             raise ApiError(400, f"severity must be one of {', '.join(SEVERITIES)}", "severity")
-        self.write_json(json.dumps(self.monitor.alerts(limit, rule, severity)).encode())
+        self.write_value(self.monitor.alerts(limit, rule, severity))
 
 
 class DeliveriesHandler(AlertsHandler):
     """GET /api/alerts/deliveries: each webhook delivery's status, attempts, last error."""
 
     async def get(self) -> None:
-        limit = params.count(self.request.arguments, "limit", DEFAULT_LIMIT, MAX_ALERTS)
-        assert limit is not None
-        self.write_json(json.dumps(await self.monitor.deliveries(limit)).encode())
+        limit = params.limit(self.request.arguments, "limit", DEFAULT_LIMIT, MAX_ALERTS)
+        self.write_value(await self.monitor.deliveries(limit))
 
 
 def routes(monitor: Monitor, max_body_size: int) -> list[tuple[str, type, dict]]:

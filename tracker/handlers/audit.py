@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from ..integrity import Integrity
 from . import params
 from .base import APIHandler
@@ -28,29 +26,24 @@ class KeyHandler(AuditHandler):
         key = self.integrity.public_key
         if key is None:
             raise ApiError(404, "no signing key: checkpoints are made with --db only")
-        self.write_json(json.dumps({"public_key": key}).encode())
+        self.write_value({"public_key": key})
 
 
 class CheckpointsHandler(AuditHandler):
     """GET /api/audit/checkpoints: the newest signed checkpoints, oldest first."""
 
     async def get(self) -> None:
-        limit = params.count(self.request.arguments, "limit", DEFAULT_CHECKPOINTS, MAX_CHECKPOINTS)
-        assert limit is not None
-        self.write_json(json.dumps(await self.integrity.checkpoints(limit)).encode())
+        limit = params.limit(self.request.arguments, "limit", DEFAULT_CHECKPOINTS, MAX_CHECKPOINTS)
+        self.write_value(await self.integrity.checkpoints(limit))
 
 
 class VerifyHandler(AuditHandler):
     """GET /api/audit/verify: recompute the chain (from_id..to_id) and check checkpoints."""
 
     async def get(self) -> None:
-        args = self.request.arguments
-        from_id = params.count(args, "from_id", None, None)
-        to_id = params.count(args, "to_id", None, None)
-        if from_id is not None and to_id is not None and to_id < from_id:
-            raise ApiError(400, "to_id must not be below from_id", "to_id")
+        from_id, to_id = params.id_range(self.request.arguments)
         verdict = await self.integrity.verify(from_id, to_id)
-        self.write_json(json.dumps(verdict.to_dict()).encode())
+        self.write_value(verdict.to_dict())
 
 
 def routes(integrity: Integrity, max_body_size: int) -> list[tuple[str, type, dict]]:

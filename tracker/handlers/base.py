@@ -51,9 +51,7 @@ class APIHandler(JSONErrors):
         return None
 
     def prepare(self) -> None:
-        lifecycle = self.settings.get("lifecycle")
-        if lifecycle is not None:
-            lifecycle.begin(self)  # shutdown lets it finish
+        self.settings["lifecycle"].begin(self)  # shutdown lets it finish
         require_token(self.request, self.settings.get("api_token", ""))
         # The HTTP server's own cap is larger, so most oversized bodies get this JSON 413.
         if len(self.request.body) > self.max_body_size:
@@ -67,13 +65,15 @@ class APIHandler(JSONErrors):
         super().on_connection_close()
 
     def _end(self) -> None:
-        lifecycle = self.settings.get("lifecycle")
-        if lifecycle is not None:
-            lifecycle.end(self)
+        self.settings["lifecycle"].end(self)
 
     def write_json(self, encoded: bytes) -> None:
         """Finish with JSON bytes that were encoded already."""
         self.finish(encoded)
+
+    def write_value(self, value: Any) -> None:
+        """Finish with a value encoded as JSON."""
+        self.write_json(json.dumps(value).encode())
 
     def json_body(self, kind: type = dict) -> Any:
         """The request body as a JSON object (or array), or a 400 that says what is wrong."""

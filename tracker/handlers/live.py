@@ -69,8 +69,7 @@ class LiveHandler(JSONErrors, tornado.websocket.WebSocketHandler):
         return None
 
     async def open(self, *args: Any, **kwargs: Any) -> None:
-        lifecycle = self.settings.get("lifecycle")
-        if lifecycle is not None and lifecycle.stopping:
+        if self.settings["lifecycle"].stopping:
             # Not a 503 during shutdown: the upgrade succeeds and closes as the others did.
             self.close(CLOSE_GOING_AWAY, "server shutting down")
             return

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -119,9 +118,8 @@ class SummaryHandler(MetricsHandler):
         # limit is checked as the other readers check it, then ignored: a summary covers
         # every match, in memory and with --db alike.
         query = replace(params.query(args, default_limit=None, cap=None), limit=None)
-        top = params.count(args, "top", DEFAULT_TOP, 1000)
-        assert top is not None
-        self.write_json(json.dumps(await self.service.summary(query, top)).encode())
+        top = params.limit(args, "top", DEFAULT_TOP, 1000)
+        self.write_value(await self.service.summary(query, top))
 
 
 def csv_safe(value: str | None) -> str:

@@ -76,6 +76,22 @@ def count(args: Arguments, name: str, default: int | None, cap: int | None) -> i
     return number if cap is None else min(number, cap)
 
 
+def limit(args: Arguments, name: str, default: int, cap: int) -> int:
+    """A count with a default and a cap, so never absent."""
+    value = count(args, name, default, cap)
+    assert value is not None
+    return value
+
+
+def id_range(args: Arguments) -> tuple[int | None, int | None]:
+    """from_id and to_id, each optional; to_id below from_id is a 400."""
+    from_id = count(args, "from_id", None, None)
+    to_id = count(args, "to_id", None, None)
+    if from_id is not None and to_id is not None and to_id < from_id:
+        raise ApiError(400, "to_id must not be below from_id", "to_id")
+    return from_id, to_id
+
+
 def timestamp(args: Arguments, name: str) -> str | None:
     """An ISO 8601 time (no offset means UTC) as a canonical timestamp."""
     raw = single(args, name)
