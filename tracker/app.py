@@ -55,11 +55,11 @@ class Tracker:
             await self.leader.monitor.start()
             self.leader.start()  # retention and checkpoints start when it leads
         else:
-            self._upkeep(True)
+            self.upkeep(True)
         if self.monitor.dispatcher is not None:
             self.monitor.dispatcher.start()
 
-    def _upkeep(self, on: bool) -> None:
+    def upkeep(self, on: bool) -> None:
         """Retention and checkpoints of the --db file: in one process at a time."""
         if on and not self.lifecycle.stopping:
             self.service.start_retention(self.settings.retention_days, self.settings.max_rows)
@@ -70,7 +70,7 @@ class Tracker:
 
     def stop_upkeep(self) -> None:
         """Stop retention (between two steps) and the periodic checkpoints."""
-        self._upkeep(False)
+        self.upkeep(False)
 
     async def stop_work(self) -> None:
         """Stop leading and sending webhooks (pending deliveries are kept with --db)."""
@@ -163,7 +163,7 @@ def build(settings: Settings) -> Tracker:
     tracker = Tracker(settings, service, hub, Lifecycle(), integrity, metrics, monitor)
     if isinstance(service, RedisService) and isinstance(monitor, SharedMonitor):
         service.on_reset = lambda: hub.close_all(CLOSE_STORE_CHANGED, "store changed")
-        tracker.leader = Leader(service, monitor, on_lead=tracker._upkeep)
+        tracker.leader = Leader(service, monitor, on_lead=tracker.upkeep)
     tracker.app = make_app(tracker)
     return tracker
 

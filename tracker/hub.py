@@ -90,9 +90,14 @@ def frames(entries: Sequence[Entry]) -> bytes:
     return b"".join(out)
 
 
+def entry_size(entry: Entry) -> int:
+    """The bytes one entry will take on the wire, near enough."""
+    return len(entry.json) + 1
+
+
 def size_of(entries: Sequence[Entry]) -> int:
     """The bytes a run of entries will take on the wire, near enough."""
-    return sum(len(entry.json) + 1 for entry in entries)
+    return sum(map(entry_size, entries))
 
 
 Predicate = Callable[[Activity], bool]
@@ -131,7 +136,7 @@ class LiveHub:
         self._lock = threading.Lock()
         self._loop: IOLoop | None = None
         self._last_flush = float("-inf")
-        service.subscribe(self._on_recorded)
+        service.subscribe(self._enqueue)
 
     @property
     def client_count(self) -> int:
@@ -139,9 +144,6 @@ class LiveHub:
         return len(self._subs)
 
     # -- from any thread, under the service lock, in id order ---------------------------
-
-    def _on_recorded(self, activities: Sequence[Activity]) -> None:
-        self._enqueue(activities)
 
     def announce(self, message: bytes) -> None:
         """Send a message to every client after the activities published so far."""
@@ -217,7 +219,7 @@ class LiveHub:
         # Within the byte bound too: the newest that fit.
         kept, total = 0, 0
         for activity in reversed(newest):
-            total += len(activity.json) + 1
+            total += entry_size(activity)
             if total > self.max_backlog_bytes:
                 break
             kept += 1
