@@ -29,6 +29,8 @@ CHECKPOINT_HEADER = "activity-tracker checkpoint v1"
 # JCS writes numbers as ECMAScript does: plain digits only up to 2**53 - 1.
 MAX_SAFE_ID = 2**53 - 1
 _HEX_HASH = re.compile(r"[0-9a-f]{64}")
+# A checkpoint as stored and served: the fields its signature covers, then the signature.
+CHECKPOINT_FIELDS = ("store_id", "last_id", "hash", "timestamp", "signature")
 
 
 class Chainable(Protocol):
@@ -36,17 +38,6 @@ class Chainable(Protocol):
 
     @property
     def json(self) -> bytes: ...
-
-    @property
-    def id(self) -> int: ...
-    @property
-    def user_id(self) -> str: ...
-    @property
-    def action(self) -> str: ...
-    @property
-    def timestamp(self) -> str: ...
-    @property
-    def details(self) -> str | None: ...
 
 
 def canonical(id: int, user_id: str, action: str, timestamp: str, details: str | None) -> bytes:
@@ -84,6 +75,8 @@ def chain_links(prev: bytes, activities: Iterable[Chainable]) -> list[tuple[byte
     """(prev_hash, hash) for each activity in order, the first chained from `prev`."""
     # Pure on purpose: a writer moves its head to the last hash only once the batch commits,
     # so a rolled-back batch leaves the head where it was.
+    # Not chain_hash: `prev` comes from the file, and a row edited there to a hash that is not
+    # 32 bytes must not stop the writer; the verifier reports that row as changed.
     links = []
     for activity in activities:
         digest = hashlib.sha256(prev + activity.json).digest()
@@ -152,13 +145,9 @@ class Signer:
     ) -> dict[str, Any]:
         """A checkpoint as served: its fields and their base64 Ed25519 signature."""
         signature = self._key.sign(checkpoint_message(store_id, last_id, hash_hex, timestamp))
-        return {
-            "store_id": store_id,
-            "last_id": last_id,
-            "hash": hash_hex,
-            "timestamp": timestamp,
-            "signature": base64.b64encode(signature).decode("ascii"),
-        }
+        signature_b64 = base64.b64encode(signature).decode("ascii")
+        values = (store_id, last_id, hash_hex, timestamp, signature_b64)
+        return dict(zip(CHECKPOINT_FIELDS, values, strict=True))
 
 
 def _read_key(path: str) -> Ed25519PrivateKey:
@@ -262,9 +251,7 @@ def verify_checkpoint_signature(checkpoint: dict[str, Any], public_key_b64: str)
 
 
 def _signature_valid(checkpoint: dict[str, Any], key: Ed25519PublicKey) -> bool:
-    store_id, last_id, hash_hex, timestamp, signature = (
-        checkpoint.get(name) for name in ("store_id", "last_id", "hash", "timestamp", "signature")
-    )
+    store_id, last_id, hash_hex, timestamp, signature = map(checkpoint.get, CHECKPOINT_FIELDS)
     if type(signature) is not str:
         return False
     try:
@@ -398,7 +385,7 @@ def _prepare(
 def _checkpoint_problem(
     checkpoint: dict[str, Any], label: str, key: Ed25519PublicKey | None, store_id: str | None
 ) -> str | None:
-    fields = [checkpoint.get(name) for name in ("store_id", "last_id", "hash", "timestamp")]
+    fields = [checkpoint.get(name) for name in CHECKPOINT_FIELDS[:-1]]  # all but the signature
     malformed = _checkpoint_fields_problem(*fields)
     if malformed or type(checkpoint.get("signature")) is not str:
         return f"bad signature: checkpoint {label} is malformed ({malformed or 'no signature'})"
@@ -603,7 +590,7 @@ def _row_problem(row: Row) -> str | None:
         text = canonical(id, user_id, action, timestamp, details)
     except (TypeError, ValueError) as exc:
         return f"row {id} cannot be hashed ({exc})"
-    if hashlib.sha256(prev + text).digest() != stored:
+    if chain_hash(prev, text) != stored:
         return f"row {id}'s content or hash was edited (its hash does not match)"
     return None
 

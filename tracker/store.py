@@ -594,7 +594,7 @@ class SQLiteStore:
                 "ORDER BY seq DESC LIMIT ?",
                 (limit,),
             ).fetchall()
-            keys = ("store_id", "last_id", "hash", "timestamp", "signature")
+            keys = audit.CHECKPOINT_FIELDS
             return [dict(zip(keys, row, strict=True)) for row in reversed(rows)]
 
         return self._read(read)

@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 from urllib.parse import quote
 
 from tracker.audit import (
+    CHECKPOINT_FIELDS,
     SIGNATURES_NOT_CHECKED,
     Row,
     Verdict,
@@ -27,9 +28,8 @@ ROW_CHUNK = 5_000
 _TABLES = {
     "activities": {"id", "user_id", "action", "timestamp", "details", "prev_hash", "hash"},
     "meta": {"key", "value"},
-    "checkpoints": {"seq", "store_id", "last_id", "hash", "timestamp", "signature"},
+    "checkpoints": {"seq", *CHECKPOINT_FIELDS},
 }
-_CHECKPOINT_FIELDS = ("store_id", "last_id", "hash", "timestamp", "signature")
 
 
 def verify_database(
@@ -157,7 +157,7 @@ def _checkpoints(conn: sqlite3.Connection) -> Iterator[dict[str, Any]]:
         "ORDER BY last_id, seq"
     )
     for seq, *fields in cursor:
-        yield {"seq": seq, **dict(zip(_CHECKPOINT_FIELDS, fields, strict=True))}
+        yield {"seq": seq, **dict(zip(CHECKPOINT_FIELDS, fields, strict=True))}
 
 
 # --- the command line --------------------------------------------------------------------
@@ -198,10 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
         verdict = _verify(args.file, args.checkpoint, args.public_key)
-    except VerifyError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
+    except (VerifyError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except SystemExit as exc:  # --help
@@ -247,8 +244,8 @@ def _load_checkpoint(path: str) -> dict[str, Any]:
         raise VerifyError(f"cannot read {path}: {exc.strerror or exc}") from None
     except ValueError as exc:
         raise VerifyError(f"{path} is not JSON ({exc})") from None
-    if not isinstance(checkpoint, dict) or not set(_CHECKPOINT_FIELDS) <= checkpoint.keys():
-        fields = ", ".join(_CHECKPOINT_FIELDS)
+    if not isinstance(checkpoint, dict) or not set(CHECKPOINT_FIELDS) <= checkpoint.keys():
+        fields = ", ".join(CHECKPOINT_FIELDS)
         raise VerifyError(f"{path} is not one checkpoint (an object with {fields})")
     return checkpoint
 
