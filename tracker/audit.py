@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import itertools
 import json
 import os
 import re
@@ -327,7 +326,7 @@ class _Checkpoint(NamedTuple):
 
 def verify_chain(
     rows: Iterable[Row],
-    anchor: bytes,
+    anchor: bytes | None,
     checkpoints: Iterable[dict[str, Any]] = (),
     public_key_b64: str | None = None,
     *,
@@ -336,16 +335,21 @@ def verify_chain(
     to_id: int | None = None,
 ) -> Verdict:
     """Check rows (in stored order) against the chain from `anchor` and the checkpoints."""
-    # anchor_id: the id the anchor's hash belongs to (None when unknown, as for an export);
+    # anchor None: unknown (as for an export), so the chain starts at the first row's
+    # prev_hash, or with no rows at all is an empty chain from ZERO_HASH at id 0 (a checkpoint
+    # then names lost rows); anchor_id: the id the anchor's hash belongs to (None when unknown);
     # store_id: what every checkpoint must carry; to_id: where a sub-range ends, so that
     # checkpoints past it are not taken for missing rows. Checkpoints come sorted by
     # last_id; both streams are read lazily, so memory stays flat.
     key = load_public_key(public_key_b64) if public_key_b64 is not None else None
-    if type(anchor) is not bytes or len(anchor) != 32:
+    if anchor is not None and (type(anchor) is not bytes or len(anchor) != 32):
         raise ValueError("anchor must be 32 bytes")
-    walk = _Walk(anchor, anchor_id, _prepare(checkpoints, key, store_id), to_id, key is not None)
     rows_iter = iter(rows)
     row, malformed = _next_row(rows_iter)
+    if anchor is None:
+        # A first row that cannot be read ends the walk at once, whatever the anchor.
+        anchor, anchor_id = (row[5], None) if row is not None else (ZERO_HASH, 0)
+    walk = _Walk(anchor, anchor_id, _prepare(checkpoints, key, store_id), to_id, key is not None)
     while row is not None:
         following, malformed_next = _next_row(rows_iter)
         fault = walk.step(row, following)
@@ -611,26 +615,7 @@ def verify_export(
 ) -> Verdict:
     """Check an NDJSON export made with chain=1; its first line's prev_hash is the anchor."""
     checkpoints = [checkpoint] if checkpoint is not None else []
-    rows = _export_rows(lines)
-    try:
-        first = next(rows, None)
-    except MalformedRow as exc:
-        # No anchor to start from: the verifier meets the bad line first and says so.
-        return verify_chain(_raise(exc), ZERO_HASH, checkpoints, public_key_b64)
-    # An empty export is an empty chain from the start: a checkpoint then names lost rows.
-    anchor, anchor_id = (first[5], None) if first else (ZERO_HASH, 0)
-    return verify_chain(
-        itertools.chain([first] if first else [], rows),
-        anchor,
-        checkpoints,
-        public_key_b64,
-        anchor_id=anchor_id,
-    )
-
-
-def _raise(exc: Exception) -> Iterator[Row]:
-    raise exc
-    yield  # a generator: raises when first read
+    return verify_chain(_export_rows(lines), None, checkpoints, public_key_b64)
 
 
 def _export_rows(lines: Iterable[str | bytes]) -> Iterator[Row]:
