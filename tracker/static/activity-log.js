@@ -47,6 +47,16 @@ export function toneOf(action) {
   return `tone-${Math.abs(hash) % TONES}`;
 }
 
+/** A <time> for a UTC timestamp: the viewer's local time, the full UTC value on hover. */
+export function timeElement(timestamp, className) {
+  const time = document.createElement("time");
+  if (className) time.className = className;
+  time.dateTime = timestamp;
+  time.title = timestamp;
+  time.textContent = localTime(timestamp);
+  return time;
+}
+
 function span(className, text) {
   const el = document.createElement("span");
   el.className = className;
@@ -60,11 +70,7 @@ export function renderRow(activity) {
   row.className = "row";
   row.dataset.id = String(activity.id);
 
-  const time = document.createElement("time");
-  time.className = "cell-time";
-  time.dateTime = activity.timestamp;
-  time.title = activity.timestamp; // the full UTC value on hover
-  time.textContent = localTime(activity.timestamp);
+  const time = timeElement(activity.timestamp, "cell-time");
 
   const user = span("cell-user", activity.user_id);
   user.title = activity.user_id;

@@ -3,7 +3,7 @@
 // filters the log to it. Rules: what is armed, from GET /api/alerts/rules, read-only.
 // Every value reaches the page as text, never as markup.
 
-import { localTime } from "./activity-log.js";
+import { timeElement } from "./activity-log.js";
 
 /** Most alerts the panel keeps (and shows as rows). */
 export const MAX_ALERTS = 200;
@@ -114,11 +114,7 @@ function renderAlert(alert, onPick) {
   head.className = "alert-head";
   head.append(rule, group);
 
-  const time = document.createElement("time");
-  time.className = "alert-time";
-  time.dateTime = String(alert.fired_at);
-  time.title = String(alert.fired_at); // the full UTC value on hover
-  time.textContent = localTime(String(alert.fired_at));
+  const time = timeElement(String(alert.fired_at), "alert-time");
 
   const message = document.createElement("p");
   message.className = "alert-message";
@@ -128,6 +124,36 @@ function renderAlert(alert, onPick) {
 
   row.append(severityBadge(alert.severity), head, time, message);
   return row;
+}
+
+/**
+ * One load of a panel's list (of `what`: "alerts", "rules") from GET `path` with
+ * `panel.api`; `show(items)` takes the list unless a newer load of the panel began
+ * meanwhile (`panel.generation`). Resolves to true once shown; false on a 401 (the token
+ * dialog is up; loaded again after) or a failure, which `panel.el.error` reports;
+ * undefined when a newer load answers instead.
+ */
+async function loadList(panel, path, what, show) {
+  const generation = ++panel.generation;
+  try {
+    const response = await panel.api(path);
+    if (response.status === 401) return false;
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    const items = await response.json();
+    if (generation !== panel.generation) return undefined; // a newer load answers instead
+    if (!Array.isArray(items)) throw new Error(`not a list of ${what}`);
+    panel.el.error.hidden = true;
+    show(items);
+    return true;
+  } catch (error) {
+    if (generation !== panel.generation) return undefined;
+    panel.el.error.textContent =
+      error instanceof TypeError
+        ? `Could not load the ${what}: the server cannot be reached.`
+        : `Could not load the ${what}: ${error.message}`;
+    panel.el.error.hidden = false;
+    return false;
+  }
 }
 
 /**
@@ -167,17 +193,7 @@ export class AlertsPanel {
    */
   async load(mode = "merge", keepNewer = false) {
     if (mode === "reset") this.clear();
-    const generation = ++this.generation;
-    try {
-      const response = await this.api(`/api/alerts?limit=${LOAD_ALERTS}`);
-      if (response.status === 401) {
-        this.failed = true; // the token dialog is up; loaded again with the token
-        return;
-      }
-      if (!response.ok) throw new Error(`HTTP ${response.status}`);
-      const items = await response.json();
-      if (generation !== this.generation) return; // a newer load answers instead
-      if (!Array.isArray(items)) throw new Error("not a list of alerts");
+    const loaded = await loadList(this, `/api/alerts?limit=${LOAD_ALERTS}`, "alerts", (items) => {
       if (mode === "replace") {
         const lastId = items.reduce((most, alert) => Math.max(most, alert.id), 0);
         const newer = keepNewer
@@ -187,18 +203,10 @@ export class AlertsPanel {
         this.add(newer, false);
       }
       this.add(items, false);
-      this.failed = false;
-      this.el.error.hidden = true;
       this.render();
-    } catch (error) {
-      if (generation !== this.generation) return;
-      this.failed = true;
-      this.el.error.textContent =
-        error instanceof TypeError
-          ? "Could not load the alerts: the server cannot be reached."
-          : `Could not load the alerts: ${error.message}`;
-      this.el.error.hidden = false;
-    }
+    });
+    // A 401 fails too: the token dialog is up, and the list is loaded again with the token.
+    if (loaded !== undefined) this.failed = !loaded;
   }
 
   /** Forget every alert shown. */
@@ -290,24 +298,7 @@ export class RulesList {
   }
 
   async load() {
-    const generation = ++this.generation;
-    try {
-      const response = await this.api("/api/alerts/rules");
-      if (response.status === 401) return; // the token dialog is up; loaded again after
-      if (!response.ok) throw new Error(`HTTP ${response.status}`);
-      const rules = await response.json();
-      if (generation !== this.generation) return;
-      if (!Array.isArray(rules)) throw new Error("not a list of rules");
-      this.el.error.hidden = true;
-      this.render(rules);
-    } catch (error) {
-      if (generation !== this.generation) return;
-      this.el.error.textContent =
-        error instanceof TypeError
-          ? "Could not load the rules: the server cannot be reached."
-          : `Could not load the rules: ${error.message}`;
-      this.el.error.hidden = false;
-    }
+    await loadList(this, "/api/alerts/rules", "rules", (rules) => this.render(rules));
   }
 
   render(rules) {

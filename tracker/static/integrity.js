@@ -2,7 +2,7 @@
 // and the chain's verdict (GET /api/audit/verify). Verifying recomputes the whole chain on
 // the server, so it runs at start, on a click and on Refresh only: never on a timer.
 
-import { localTime } from "./activity-log.js";
+import { localTime, timeElement } from "./activity-log.js";
 
 const count = new Intl.NumberFormat();
 
@@ -117,10 +117,7 @@ export class IntegrityIndicator {
         line.dataset.lastId = "";
         return;
       }
-      const time = document.createElement("time");
-      time.dateTime = String(last.timestamp);
-      time.title = String(last.timestamp);
-      time.textContent = localTime(String(last.timestamp));
+      const time = timeElement(String(last.timestamp));
       line.replaceChildren("Last checkpoint ", time, ` · through #${last.last_id}`);
       line.dataset.lastId = String(last.last_id);
     } catch (error) {
