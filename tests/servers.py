@@ -43,6 +43,18 @@ def start(*args: str, env: dict | None = None) -> tuple[subprocess.Popen, str]:
     return proc, line.strip().split()[-1]
 
 
+def run_refused(*args: str, env: dict | None = None) -> subprocess.CompletedProcess[str]:
+    """Run run.py with arguments it should refuse; what it did, for the test's asserts."""
+    return subprocess.run(
+        [sys.executable, "run.py", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=20,
+        env={**os.environ, **(env or {})},
+    )
+
+
 def server_log(proc: subprocess.Popen) -> str:
     """What a server started by start() has written to stderr so far."""
     log = proc.log  # type: ignore[attr-defined]

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,7 +21,7 @@ from tracker.alerts.rules import load_rules_file
 from tracker.app import Tracker
 
 from .conftest import Api, error_of
-from .servers import ROOT, Server
+from .servers import ROOT, Server, run_refused
 from .wsclient import Feed
 
 BRUTE_FORCE = {
@@ -179,13 +177,7 @@ def test_a_malformed_rules_file_stops_start_with_one_line(
 ) -> None:
     path = tmp_path / name
     path.write_text(text)
-    result = subprocess.run(
-        [sys.executable, "run.py", "--rules", str(path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=20,
-    )
+    result = run_refused("--rules", str(path))
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and str(path) in result.stderr
     assert "Traceback" not in result.stderr

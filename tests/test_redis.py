@@ -8,8 +8,6 @@ import http.client
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +18,7 @@ import pytest
 
 from tracker.verify import verify_database
 
-from .servers import REDIS_SERVER, ROOT, RedisServer, Server, free_port, start
+from .servers import REDIS_SERVER, RedisServer, Server, free_port, run_refused, start
 from .wsclient import Feed
 
 TRACK = "/api/metrics/track?user_id={user}&action={action}"
@@ -347,13 +345,7 @@ def test_two_workers_serve_one_port(redis_server: RedisServer) -> None:
 
 
 def test_workers_without_redis_are_refused_in_one_line() -> None:
-    result = subprocess.run(
-        [sys.executable, "run.py", "--workers", "2"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=20,
-    )
+    result = run_refused("--workers", "2")
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "--redis" in result.stderr
 

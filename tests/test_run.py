@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -15,7 +14,7 @@ import pytest
 
 from tracker.config import Settings, load_settings
 
-from .servers import ROOT, free_port, start
+from .servers import ROOT, free_port, run_refused, start
 
 
 def test_help_lists_every_flag() -> None:
@@ -53,9 +52,7 @@ BAD_FLAGS = [
 
 @pytest.mark.parametrize("argv", BAD_FLAGS)
 def test_bad_or_out_of_range_flag_is_one_line_and_exit_2(argv: list[str]) -> None:
-    result = subprocess.run(
-        [sys.executable, "run.py", *argv], cwd=ROOT, capture_output=True, text=True, timeout=20
-    )
+    result = run_refused(*argv)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1, result.stderr
     assert argv[0] in result.stderr and "Traceback" not in result.stderr
@@ -63,14 +60,7 @@ def test_bad_or_out_of_range_flag_is_one_line_and_exit_2(argv: list[str]) -> Non
 
 
 def test_out_of_range_environment_value_is_refused_too() -> None:
-    result = subprocess.run(
-        [sys.executable, "run.py"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=20,
-        env={**os.environ, "TRACKER_PORT": "70000"},
-    )
+    result = run_refused(env={"TRACKER_PORT": "70000"})
     assert result.returncode == 2 and "--port" in result.stderr
 
 
@@ -116,13 +106,7 @@ def test_port_in_use_is_a_one_line_error() -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = subprocess.run(
-            [sys.executable, "run.py", "--port", str(port)],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=20,
-        )
+        result = run_refused("--port", str(port))
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr

@@ -7,8 +7,6 @@ import http.client
 import json
 import signal
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -24,7 +22,7 @@ from tracker.store import MIGRATIONS, SCHEMA_VERSION, SQLiteStore
 from tracker.verify import verify_database
 
 from .conftest import Api, error_of
-from .servers import ROOT, free_port
+from .servers import free_port, run_refused
 from .wsclient import Feed
 
 
@@ -403,13 +401,7 @@ def test_bad_database_stops_start_with_one_line(
 ) -> None:
     path = tmp_path / name
     make(path)
-    result = subprocess.run(
-        [sys.executable, "run.py", "--port", str(free_port()), "--db", str(path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=20,
-    )
+    result = run_refused("--port", str(free_port()), "--db", str(path))
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
