@@ -10,29 +10,21 @@ import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from ..servers import ROOT, free_port
+
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 DASHBOARD_PATH = "/api/ui-dashboard/metrics-dashboard-ui"
 START_TIMEOUT = 15.0
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Server:
@@ -209,16 +201,33 @@ def server(make_server: Callable[..., Server]) -> Server:
 
 
 @pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
-    """A page in a fresh context; uncaught page errors fail the test."""
-    context = browser.new_context(viewport={"width": 1280, "height": 800}, locale="en-US")
-    context.set_default_timeout(5000)
-    pg = context.new_page()
+def new_page(browser: Any) -> Iterator[Callable[..., Any]]:
+    """new_page(**context_kwargs): a page in a fresh context; uncaught page errors fail the test.
+
+    1280x800 and en-US unless the arguments say otherwise; a 5 s default timeout.
+    """
+    contexts: list[Any] = []
     errors: list[str] = []
-    pg.on("pageerror", lambda exc: errors.append(str(exc)))
-    yield pg
-    context.close()
+
+    def make(**context_kwargs: Any) -> Any:
+        options = {"viewport": {"width": 1280, "height": 800}, "locale": "en-US"}
+        context = browser.new_context(**{**options, **context_kwargs})
+        contexts.append(context)
+        context.set_default_timeout(5000)
+        pg = context.new_page()
+        pg.on("pageerror", lambda exc: errors.append(str(exc)))
+        return pg
+
+    yield make
+    for context in contexts:
+        context.close()
     assert not errors, f"uncaught errors in the page: {errors}"
+
+
+@pytest.fixture
+def page(new_page: Callable[..., Any]) -> Any:
+    """A page in a fresh context; uncaught page errors fail the test."""
+    return new_page()
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import json
 import re
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -69,19 +69,6 @@ def shown_alerts(page: Any) -> list[dict[str, Any]]:
     )
 
 
-def wait_for_alert_ids(page: Any, ids: list[int], timeout: float = 5000) -> None:
-    """Wait until the Alerts panel shows exactly these alert ids, top to bottom."""
-    page.wait_for_function(
-        """ids => {
-            const shown = [...document.querySelectorAll('#alerts-list > li')];
-            return shown.length === ids.length
-                && shown.every((row, i) => Number(row.dataset.id) === ids[i]);
-        }""",
-        arg=ids,
-        timeout=timeout,
-    )
-
-
 def server_alerts(server: Server) -> list[dict]:
     """GET /api/alerts, oldest first."""
     status, body = server.request("GET", "/api/alerts?limit=1000")
@@ -105,18 +92,9 @@ def open_dashboard(page: Any, server: Server) -> None:
 
 
 @pytest.fixture
-def zoned_page(browser: Any) -> Iterator[Any]:
+def zoned_page(new_page: Callable[..., Any]) -> Any:
     """A page in another time zone and a 24-hour locale; uncaught page errors fail the test."""
-    context = browser.new_context(
-        viewport={"width": 1280, "height": 800}, locale="en-GB", timezone_id="Asia/Kolkata"
-    )
-    context.set_default_timeout(5000)
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    yield page
-    context.close()
-    assert not errors, f"uncaught errors in the page: {errors}"
+    return new_page(locale="en-GB", timezone_id="Asia/Kolkata")
 
 
 def test_a_burst_fires_an_alert_that_appears_live(
@@ -143,7 +121,7 @@ def test_a_burst_fires_an_alert_that_appears_live(
     server.track("mallory", "login")
     fail_logins(server, "mallory")
     [alert] = server_alerts(server)
-    wait_for_alert_ids(page, [alert["id"]])
+    wait_for_rows(page, [alert["id"]], list_selector="#alerts-list")
 
     [shown] = shown_alerts(page)
     assert shown["severity"] == "high" and "severity-high" in shown["severity_class"]
@@ -165,14 +143,14 @@ def test_a_burst_fires_an_alert_that_appears_live(
     fail_logins(server, "eve")
     newest = server_alerts(server)[-1]
     assert newest["group"] == {"user_id": "eve"}
-    wait_for_alert_ids(page, [newest["id"], alert["id"]])
+    wait_for_rows(page, [newest["id"], alert["id"]], list_selector="#alerts-list")
     assert [a["group"] for a in shown_alerts(page)] == ["user_id: eve", "user_id: mallory"]
     assert page.evaluate("window.__sameDocument") is True
     assert len(alert_requests) == loaded
 
     # A reload lists them from GET /api/alerts, still newest on top.
     page.reload()
-    wait_for_alert_ids(page, [newest["id"], alert["id"]])
+    wait_for_rows(page, [newest["id"], alert["id"]], list_selector="#alerts-list")
     assert not any(a["is_new"] for a in shown_alerts(page))  # not new: no highlight
     assert page.evaluate("window.__cspViolations") == []
 
@@ -197,7 +175,7 @@ def test_clicking_an_alert_group_filters_the_log(
         "new-action",  # logout
         "spray",
     ]
-    wait_for_alert_ids(page, [a["id"] for a in reversed(alerts)])
+    wait_for_rows(page, [a["id"] for a in reversed(alerts)], list_selector="#alerts-list")
     groups = [(a["group"], a["group_is_button"]) for a in shown_alerts(page)]
     assert groups[0] == ("action: login_failed", True)
     assert groups[-1] == ("all", False)  # a rule without group_by: nothing to filter by
@@ -362,7 +340,7 @@ def test_alert_fields_render_as_text(
     payload = "<img src=x onerror=alert(1)>"
     ids = fail_logins(server, payload)
     [alert] = server_alerts(server)
-    wait_for_alert_ids(page, [alert["id"]])
+    wait_for_rows(page, [alert["id"]], list_selector="#alerts-list")
 
     [shown] = shown_alerts(page)
     assert shown["group"] == f"user_id: {payload}"
@@ -387,7 +365,7 @@ def test_alerts_missed_while_offline_and_a_restart(
     open_dashboard(page, server)
     fail_logins(server, "mallory")
     [first] = server_alerts(server)
-    wait_for_alert_ids(page, [first["id"]])
+    wait_for_rows(page, [first["id"]], list_selector="#alerts-list")
 
     # The socket drops, and an alert fires meanwhile: the feed does not replay alerts, so
     # the panel catches up over REST when the feed is back.
@@ -398,7 +376,7 @@ def test_alerts_missed_while_offline_and_a_restart(
     missed = server_alerts(server)[-1]
     proxy.refuse = False
     wait_for_state(page, "live", timeout=10_000)
-    wait_for_alert_ids(page, [missed["id"], first["id"]])
+    wait_for_rows(page, [missed["id"], first["id"]], list_selector="#alerts-list")
 
     # A restart without --db is another store: its alerts are another list.
     server.stop()
@@ -409,7 +387,7 @@ def test_alerts_missed_while_offline_and_a_restart(
     assert page.locator("#alerts-list > li").count() == 0
     fail_logins(server, "trudy")
     [fresh] = server_alerts(server)
-    wait_for_alert_ids(page, [fresh["id"]])
+    wait_for_rows(page, [fresh["id"]], list_selector="#alerts-list")
     assert shown_alerts(page)[0]["group"] == "user_id: trudy"
 
 
@@ -434,14 +412,14 @@ def test_panels_use_the_access_token(
 
     fail_logins(server, "mallory")
     [alert] = server_alerts(server)
-    wait_for_alert_ids(page, [alert["id"]])
+    wait_for_rows(page, [alert["id"]], list_selector="#alerts-list")
     with page.expect_response(ALERTS_REQUEST) as reloaded:
         page.click("#refresh")
     response = reloaded.value
     assert response.status == 200
     assert response.request.headers.get("authorization") == f"Bearer {token}"
     assert token not in response.url
-    wait_for_alert_ids(page, [alert["id"]])
+    wait_for_rows(page, [alert["id"]], list_selector="#alerts-list")
 
 
 def test_alerts_list_is_bounded(
@@ -457,8 +435,9 @@ def test_alerts_list_is_bounded(
     alerts = server_alerts(server)
     assert len(alerts) == 250
     ids = [a["id"] for a in alerts]
-    wait_for_alert_ids(page, ids[::-1][:200], timeout=10_000)  # the newest 200, newest on top
+    # The newest 200, newest on top.
+    wait_for_rows(page, ids[::-1][:200], timeout=10_000, list_selector="#alerts-list")
     wait_for_text(page, "#alerts-summary", "200 shown")
 
     page.reload()  # a reload asks for the newest 50
-    wait_for_alert_ids(page, ids[::-1][:50])
+    wait_for_rows(page, ids[::-1][:50], list_selector="#alerts-list")

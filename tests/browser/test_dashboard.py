@@ -37,15 +37,17 @@ def row_texts(page: Any, selector: str) -> list[str]:
     )
 
 
-def wait_for_rows(page: Any, ids: list[int], timeout: float = 5000) -> None:
-    """Wait until the log shows exactly these ids, top to bottom."""
+def wait_for_rows(
+    page: Any, ids: list[int], timeout: float = 5000, list_selector: str = "#activity-log"
+) -> None:
+    """Wait until the list (the log unless told) shows exactly these ids, top to bottom."""
     page.wait_for_function(
-        """ids => {
-            const shown = [...document.querySelectorAll('#activity-log > li')];
+        """([selector, ids]) => {
+            const shown = [...document.querySelectorAll(`${selector} > li`)];
             return shown.length === ids.length
                 && shown.every((row, i) => Number(row.dataset.id) === ids[i]);
         }""",
-        arg=ids,
+        arg=[list_selector, ids],
         timeout=timeout,
     )
 
