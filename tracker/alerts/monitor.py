@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import threading
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -13,7 +12,7 @@ from typing import Any
 from tornado.ioloop import IOLoop
 
 from ..activity import Activity
-from ..hub import LiveHub
+from ..hub import LiveHub, control_message
 from ..metrics import Metrics
 from ..query import last
 from ..service import ActivityService
@@ -68,16 +67,16 @@ class Monitor:
     def _load(self, rules: Iterable[Rule]) -> None:
         """What --db kept and the --rules file; then follow what the service publishes."""
         if self.store is not None:
-            for body in self.store.rules():
-                self.engine.set_rule(parse_rule(body))
+            self.engine.change_rules(parse_rule(body) for body in self.store.rules())
             alerts, self._last_id = self.store.newest_alerts(MAX_ALERTS)
             self._alerts.extend(alerts)
             if self.dispatcher is not None:
                 kept = self.store.deliveries(MAX_ALERTS)
                 self.dispatcher.restore(Delivery(**row) for row in kept)
-        for rule in rules:  # the --rules file: created, or replacing what was kept
-            self.engine.set_rule(rule)
-            if self.store is not None:
+        file_rules = list(rules)  # the --rules file: created, or replacing what was kept
+        self.engine.change_rules(file_rules)
+        if self.store is not None:
+            for rule in file_rules:
                 self.store.save_rule(rule.name, rule.to_dict()).result()
         self.service.subscribe(self._on_published)
 
@@ -86,19 +85,21 @@ class Monitor:
     def evaluate(self, activities: Sequence[Activity]) -> list[dict[str, Any]]:
         """The alert bodies these activities fire (not numbered yet), in order."""
         with self._lock:
-            return [body for activity in activities for body in self.engine.evaluate(activity)]
+            return self._bodies(activities)
+
+    def _bodies(self, activities: Sequence[Activity]) -> list[dict[str, Any]]:
+        """What evaluate() returns; the caller holds the lock."""
+        return [body for activity in activities for body in self.engine.evaluate(activity)]
 
     def _on_published(self, activities: Sequence[Activity]) -> None:
         if not self.engine.armed:
             return  # no rules: ingest pays nothing for monitoring
-        bodies = self.evaluate(activities)
-        if not bodies:
-            return
+        # One lock for evaluating and numbering: publishes come one at a time anyway.
         with self._lock:
-            alerts = []
-            for body in bodies:
-                self._last_id += 1
-                alerts.append({"id": self._last_id, **body})
+            bodies = self._bodies(activities)
+            first = self._last_id + 1
+            self._last_id += len(bodies)
+        alerts = [{"id": first + n, **body} for n, body in enumerate(bodies)]
         for alert in alerts:
             self.announce(alert)
             self.fired(alert)
@@ -107,8 +108,7 @@ class Monitor:
         """Keep it for /api/alerts, and tell live clients (after the activities so far)."""
         with self._lock:
             self._alerts.append(alert)
-        encoded = json.dumps(alert, separators=(",", ":"))
-        self.hub.announce(f'{{"type":"alert","alert":{encoded}}}'.encode())
+        self.hub.announce(control_message("alert", alert=alert))
 
     def fired(self, alert: dict[str, Any]) -> None:
         """Where it fired: count it, keep it with --db, and hand it to the webhooks."""

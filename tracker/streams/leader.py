@@ -117,12 +117,11 @@ class SharedMonitor(Monitor):
         wanted = {name: parse_rule(body) for name, body in bodies.items()}
         with self._lock:
             current = {rule.name: rule for rule in self.engine.rules()}
-            for name in current.keys() - wanted.keys():
-                self.engine.remove_rule(name)
+            gone = current.keys() - wanted.keys()
+            changed = [rule for name, rule in wanted.items() if current.get(name) != rule]
+            self.engine.change_rules(changed, gone)  # indexed once, however many changed
+            for name in gone:
                 self.metrics.forget_rule(name)  # its series lives where it fired: here
-            for name, rule in wanted.items():
-                if current.get(name) != rule:
-                    self.engine.set_rule(rule)
         self._version = version
 
 
