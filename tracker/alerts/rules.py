@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, TypeGuard
 
-from ..activity import ACTION_MAX, USER_ID_MAX
+from ..activity import ACTION_MAX, USER_ID_MAX, ValidationError
 
 SEVERITIES = ("low", "medium", "high", "critical")
 KINDS = ("count", "distinct", "first_seen")
@@ -25,17 +25,12 @@ WINDOW_MAX = 604_800  # a week
 COOLDOWN_MAX = 2_592_000  # thirty days
 MATCH_VALUES_MAX = 1000  # per list: matching stays a set lookup, and a rule stays small
 
-_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_NAME = re.compile(rf"[A-Za-z0-9_.-]{{1,{NAME_MAX}}}")
 _MATCH_LIMITS = {"user_id": USER_ID_MAX, "action": ACTION_MAX}
 
 
-class RuleError(ValueError):
+class RuleError(ValidationError):
     """A rule (or rules file) that cannot be used; names the JSON field at fault."""
-
-    def __init__(self, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.field = field
 
 
 @dataclass(frozen=True)
@@ -154,6 +149,9 @@ class FieldSpec(NamedTuple):
     allowed: frozenset[str]
 
 
+# Public: the alerts listing checks its severity filter the same way.
+check_severity = _one_of("severity", SEVERITIES)
+
 _ALL = frozenset(KINDS)
 _NONE: frozenset[str] = frozenset()
 _WINDOWED = frozenset({"count", "distinct"})
@@ -163,7 +161,7 @@ _WATCHING = frozenset({"distinct", "first_seen"})
 # "kind" comes before the fields whose rules depend on it.
 FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec("name", _check_name, _ALL, _ALL),
-    FieldSpec("severity", _one_of("severity", SEVERITIES), _ALL, _ALL),
+    FieldSpec("severity", check_severity, _ALL, _ALL),
     FieldSpec("kind", _one_of("kind", KINDS), _ALL, _ALL),
     FieldSpec("match", _check_match, _NONE, _ALL),
     FieldSpec("group_by", _one_of("group_by", ACTIVITY_FIELDS), _NONE, _ALL),

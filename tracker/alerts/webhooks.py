@@ -1,7 +1,7 @@
 """Webhooks: Standard Webhooks signing, and delivery with retries, back-off and a log.
 
 Delivery runs on the Tornado IOLoop (asyncio) and never slows the caller: enqueue() only
-queues. A background task sends due deliveries, at most `max_in_flight` at once and at most
+queues. A background task sends due deliveries, at most MAX_IN_FLIGHT at once and at most
 half of those to one URL, so a receiver that never answers holds two slots for at most
 `timeout` seconds each and never delays the other URLs.
 
@@ -157,13 +157,11 @@ class WebhookDispatcher:
         urls: Iterable[str],
         secret: str,
         *,
-        http_client: AsyncHTTPClient | None = None,
         timeout: float = 10.0,
         persist: Callable[[Delivery], None] | None = None,
         clock: Callable[[], float] = time.time,
         max_log: int = 1000,
         schedule: Sequence[float] = RETRY_SCHEDULE,
-        max_in_flight: int = MAX_IN_FLIGHT,
         on_outcome: Callable[[str], None] | None = None,
     ) -> None:
         self.urls = tuple(dict.fromkeys(urls))
@@ -171,18 +169,16 @@ class WebhookDispatcher:
             parts = urlsplit(url)
             if parts.scheme not in ("http", "https") or not parts.netloc:
                 raise ValueError(f"webhook URL must be an http:// or https:// URL: {url}")
-        if max_log < 1 or max_in_flight < 1:
-            raise ValueError("max_log and max_in_flight must be at least 1")
+        if max_log < 1:
+            raise ValueError("max_log must be at least 1")
         self._key = parse_secret(secret)
-        self._client = http_client
-        self._owns_client = http_client is None
+        self._client: AsyncHTTPClient | None = None  # made by start(), closed by stop()
         self.timeout = timeout
         self._persist = persist
         self._clock = clock
         self._schedule = tuple(schedule)
         self._on_outcome = on_outcome
-        self._max_in_flight = max_in_flight
-        self._max_per_url = max(1, max_in_flight // 2)
+        self._max_per_url = max(1, MAX_IN_FLIGHT // 2)
         # Per URL, pending deliveries as a heap of (next_attempt_at, sequence, delivery).
         self._queues: dict[str, list[tuple[float, int, Delivery]]] = {u: [] for u in self.urls}
         # Attempts in flight, per URL and in all; counted in _attempt itself, because a
@@ -265,7 +261,7 @@ class WebhookDispatcher:
             for task in unfinished:
                 task.cancel()
             await asyncio.gather(*unfinished, return_exceptions=True)
-        if self._owns_client and self._client is not None:
+        if self._client is not None:
             self._client.close()
             self._client = None
 
@@ -285,7 +281,7 @@ class WebhookDispatcher:
         while launched:
             launched = False
             for url, queue in self._queues.items():
-                if self._in_flight >= self._max_in_flight:
+                if self._in_flight >= MAX_IN_FLIGHT:
                     return
                 if queue and queue[0][0] <= now and self._busy[url] < self._max_per_url:
                     self._launch(heapq.heappop(queue)[2])
@@ -293,7 +289,7 @@ class WebhookDispatcher:
 
     def _seconds_to_next_due(self) -> float | None:
         """How long the runner may sleep: until the next due delivery it has a slot for."""
-        if self._in_flight >= self._max_in_flight:
+        if self._in_flight >= MAX_IN_FLIGHT:
             return None  # a finishing attempt wakes the runner
         due = [
             queue[0][0]
