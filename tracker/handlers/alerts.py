@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..alerts.monitor import MAX_ALERTS, Monitor, TooManyRules
-from ..alerts.rules import SEVERITIES, RuleError, parse_rule
+from ..alerts.rules import RuleError, check_severity, parse_rule
 from . import params
 from .base import APIHandler
 from .errors import ApiError
@@ -57,8 +57,11 @@ class AlertListHandler(AlertsHandler):
         limit = params.limit(args, "limit", DEFAULT_LIMIT, MAX_ALERTS)
         rule = params.single(args, "rule")
         severity = params.single(args, "severity")
-        if severity is not None and severity not in SEVERITIES:
-            raise ApiError(400, f"severity must be one of {', '.join(SEVERITIES)}", "severity")
+        if severity is not None:
+            try:
+                check_severity(severity)  # the rules' own check, so one list and one message
+            except RuleError as exc:
+                raise ApiError(400, exc.message, exc.field) from None
         self.write_value(self.monitor.alerts(limit, rule, severity))
 
 
