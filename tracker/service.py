@@ -135,11 +135,9 @@ class ActivityService:
         if self.store is None:
             return {}
         wanted = [key for key in keys if key is not None and key not in self._keys]
-        found = await asyncio.gather(
-            *(asyncio.wrap_future(self.store.by_key(key)) for key in wanted)
-        )
-        pairs = zip(wanted, found, strict=True)
-        return {key: activity for key, activity in pairs if activity is not None}
+        if not wanted:
+            return {}
+        return await asyncio.wrap_future(self.store.by_keys(wanted))
 
     def _under_way(self, keys: list[str | None]) -> list[Future[None]]:
         """Commits under way for any of these keys; under the lock."""
@@ -199,14 +197,18 @@ class ActivityService:
             if activity.key is not None:
                 self._keys[activity.key] = (activity, durable)
 
+    def _drop_key(self, activity: Activity) -> None:
+        """Forget the activity's key, unless it now names another activity; under the lock."""
+        entry = self._keys.get(activity.key) if activity.key is not None else None
+        if entry is not None and entry[0] is activity:
+            del self._keys[activity.key]
+
     def _settled(self, activities: list[Activity], durable: Future[None]) -> None:
         """After a commit (on the writer thread) or a cancel: publish, or forget the keys."""
         with self._lock:
             if durable.cancelled() or durable.exception() is not None:
                 for activity in activities:
-                    entry = self._keys.get(activity.key) if activity.key else None
-                    if entry is not None and entry[0] is activity:
-                        del self._keys[activity.key]
+                    self._drop_key(activity)
                 return
             self._remember_keys(activities, None)
             self._publish(activities)
@@ -249,9 +251,7 @@ class ActivityService:
                 itertools.islice(buffer, 0, overflow), activities[: -self.capacity]
             )
             for old in leaving:
-                entry = self._keys.get(old.key) if old.key is not None else None
-                if entry is not None and entry[0] is old:
-                    del self._keys[old.key]
+                self._drop_key(old)
         buffer.extend(activities)
         if self.store is None:
             links = audit.chain_links(self._head, activities)
@@ -304,12 +304,14 @@ class ActivityService:
         self, store: SQLiteStore, query: Query, max_id: int
     ) -> AsyncIterator[list[Chained]]:
         """The store's matches up to max_id, a page at a time."""
-        last = await asyncio.wrap_future(store.scan_start(query, max_id))
+        after_id = await asyncio.wrap_future(store.scan_start(query, max_id))
         if query.limit == 0:
             return
-        while page := await asyncio.wrap_future(store.scan_page(query, max_id, last, self.chunk)):
+        while page := await asyncio.wrap_future(
+            store.scan_page(query, max_id, after_id, self.chunk)
+        ):
             yield page
-            last = page[-1].activity.id
+            after_id = page[-1].activity.id
 
     async def summary(self, query: Query, top: int) -> dict[str, Any]:
         """Totals, top actions and users, and the per-minute series of what matches."""
@@ -382,19 +384,15 @@ class ActivityService:
             if not ids:
                 break
             deleted += len(ids)
-            self._forget(set(ids))
+            self._forget(max(ids))
         return deleted
 
-    def _forget(self, ids: set[int]) -> None:
+    def _forget(self, through: int) -> None:
         """Drop deleted activities from the buffer too, so every reader agrees."""
+        # Retention deletes a run of the oldest ids, so they leave the buffer's front.
         with self._lock:
-            if self._buffer and self._buffer[0].id <= max(ids):
-                kept = [a for a in self._buffer if a.id not in ids]
-                for gone in self._buffer:
-                    if gone.id in ids and gone.key is not None:
-                        self._keys.pop(gone.key, None)
-                self._buffer.clear()
-                self._buffer.extend(kept)
+            while self._buffer and self._buffer[0].id <= through:
+                self._drop_key(self._buffer.popleft())
 
     def start_retention(self, days: float, max_rows: int, interval: float = 60.0) -> None:
         """Enforce retention now and every `interval` seconds, on the running IOLoop."""

@@ -11,7 +11,7 @@ import threading
 import time
 import urllib.parse
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import chain
@@ -125,6 +125,7 @@ _INSERTS = {
     for size in _INSERT_SIZES
 }
 CHAIN_CHUNK = 5000  # rows chained per step when an older file is brought up to version 3
+KEYS_CHUNK = 500  # idempotency keys looked up per statement
 # Reads run on their own threads and connections, so a long summary never holds the IOLoop.
 READER_THREADS = 4
 # The writer waits this long for another connection's lock, then backs off and retries
@@ -178,6 +179,25 @@ def _roll_back(conn: sqlite3.Connection) -> None:
         pass
 
 
+def _insert(
+    conn: sqlite3.Connection,
+    activities: list[Activity],
+    links: list[tuple[bytes, bytes]],
+    taken: Container[str] = (),
+) -> None:
+    """Store activities with their chain links; a key in `taken` is stored as None."""
+    rows = [
+        (a.id, a.user_id, a.action, a.timestamp, a.details, None if a.key in taken else a.key)
+        + link
+        for a, link in zip(activities, links, strict=True)
+    ]
+    start = 0
+    for size in _INSERT_SIZES:  # multi-row statements, largest first (see _INSERT_SIZES)
+        while len(rows) - start >= size:
+            conn.execute(_INSERTS[size], list(chain.from_iterable(rows[start : start + size])))
+            start += size
+
+
 def _is_busy(exc: sqlite3.Error) -> bool:
     """Another connection holds the lock: wait and retry, the connection itself is fine."""
     return getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
@@ -226,7 +246,7 @@ class _Append:
 
 @dataclass(eq=False)
 class _Chore:
-    """Upkeep (retention) run on the writer's connection in a transaction of its own."""
+    """Writer work besides appends (retention, archive, checkpoint, a saved record)."""
 
     run: Callable[[sqlite3.Connection], Any]
     future: Future[Any] = field(default_factory=Future)
@@ -258,14 +278,12 @@ class SQLiteStore:
                 self._migrate(setup)
                 self._chain_older_rows(setup)
                 self.store_id = self._meta(setup, "store_id")
-                # The hash the next stored activity chains from; only the writer moves it.
-                self._head = self._chain_head(setup)
                 # Rows with ids up to _indexed are in activities_by_user; _stored is the
-                # newest committed. Only the writer thread changes them.
-                self._indexed = int(self._meta(setup, "indexed_id"))
-                largest = setup.execute("SELECT max(id) FROM activities").fetchone()[0] or 0
-                self._stored = largest
-                self.last_id = max(largest, int(self._meta(setup, "last_id")))
+                # newest committed, _head the hash the next stored activity chains from.
+                # Only the writer thread changes them.
+                self._indexed = self._indexed_now(setup)
+                self._stored, self._head = self._newest(setup)
+                self.last_id = self._high_water(setup)
             finally:
                 setup.close()
         except sqlite3.Error as exc:
@@ -327,9 +345,17 @@ class SQLiteStore:
     def _meta(conn: sqlite3.Connection, key: str) -> str:
         return conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0]
 
-    def _chain_head(self, conn: sqlite3.Connection) -> bytes:
-        newest = conn.execute("SELECT hash FROM activities ORDER BY id DESC LIMIT 1").fetchone()
-        return newest[0] if newest else bytes.fromhex(self._meta(conn, "chain_anchor"))
+    @classmethod
+    def _newest(cls, conn: sqlite3.Connection) -> tuple[int, bytes]:
+        """The newest row's id and hash; with no rows, 0 and the hash the next one follows."""
+        newest = conn.execute("SELECT id, hash FROM activities ORDER BY id DESC LIMIT 1").fetchone()
+        return newest if newest else (0, bytes.fromhex(cls._meta(conn, "chain_anchor")))
+
+    @classmethod
+    def _high_water(cls, conn: sqlite3.Connection) -> int:
+        """The highest id the file has held, even if retention deleted it since."""
+        top = conn.execute("SELECT coalesce(max(id), 0) FROM activities").fetchone()[0]
+        return max(top, int(cls._meta(conn, "last_id")))
 
     def _chain_older_rows(self, conn: sqlite3.Connection) -> None:
         """Give rows stored before version 3 their chain hashes, oldest first, in steps."""
@@ -388,6 +414,23 @@ class SQLiteStore:
             sql = f"SELECT {_COLUMNS} FROM activities WHERE idem_key = ?"
             row = conn.execute(sql, (key,)).fetchone()
             return _row_activity(row) if row else None
+
+        return self._read(read)
+
+    def by_keys(self, keys: list[str]) -> Future[dict[str, Activity]]:
+        """The activities recorded with these idempotency keys that are still stored."""
+
+        def read(conn: sqlite3.Connection) -> dict[str, Activity]:
+            found: dict[str, Activity] = {}
+            unique = list(dict.fromkeys(keys))
+            # In chunks, well under SQLite's limit on a statement's parameters.
+            for start in range(0, len(unique), KEYS_CHUNK):
+                chunk = unique[start : start + KEYS_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                sql = f"SELECT {_COLUMNS} FROM activities WHERE idem_key IN ({marks})"
+                for row in conn.execute(sql, chunk):
+                    found[row[5]] = _row_activity(row)
+            return found
 
         return self._read(read)
 
@@ -501,12 +544,7 @@ class SQLiteStore:
 
     def archived_id(self) -> Future[int]:
         """The newest id the file has held (even if retention deleted it since)."""
-
-        def read(conn: sqlite3.Connection) -> int:
-            newest = conn.execute("SELECT coalesce(max(id), 0) FROM activities").fetchone()[0]
-            return max(newest, int(self._meta(conn, "last_id")))
-
-        return self._read(read)
+        return self._read(self._high_water)
 
     def add_checkpoint(self, sign: Signing) -> Future[dict[str, Any] | None]:
         """Sign the chain's head, if it moved since the last checkpoint; the checkpoint."""
@@ -717,16 +755,7 @@ class SQLiteStore:
                 )
             # Chained here, in the order the rows are stored, in their own transaction.
             links = audit.chain_links(self._head, activities)
-            rows = [
-                (a.id, a.user_id, a.action, a.timestamp, a.details, a.key, prev, digest)
-                for a, (prev, digest) in zip(activities, links, strict=True)
-            ]
-            start = 0
-            for size in _INSERT_SIZES:
-                while len(rows) - start >= size:
-                    values = chain.from_iterable(rows[start : start + size])
-                    conn.execute(_INSERTS[size], list(values))
-                    start += size
+            _insert(conn, activities, links)
             conn.execute("COMMIT")
         except BaseException as exc:
             # Not stored: say so first, so no request waits on a rollback that fails too.
@@ -734,9 +763,9 @@ class SQLiteStore:
                 job.future.set_exception(WriteFailed(str(exc)))
             _roll_back(conn)
             raise
-        if rows:
+        if activities:
             # Ids reach the queue in order, so the last row is the newest.
-            self._stored = max(self._stored, rows[-1][0])
+            self._stored = max(self._stored, activities[-1].id)
             self._head = links[-1][1]
         if self.failure is not None:
             log.warning("database %s: writing again", self.path)
@@ -744,7 +773,7 @@ class SQLiteStore:
         self.last_commit = time.monotonic()
         for job in claimed:
             job.future.set_result(None)
-        if self.observe_commit is not None and rows:
+        if self.observe_commit is not None and activities:
             try:
                 self.observe_commit(time.perf_counter() - began)
             except Exception:  # noqa: BLE001 - a metric must not fail a commit
@@ -774,7 +803,7 @@ class SQLiteStore:
         try:
             # Read inside the transaction: with --redis, another process may have written.
             conn.execute("BEGIN IMMEDIATE")
-            indexed = int(self._meta(conn, "indexed_id"))
+            indexed = self._indexed_now(conn)
             top = conn.execute("SELECT coalesce(max(id), 0) FROM activities").fetchone()[0]
             conn.execute(
                 "INSERT INTO activities_by_user SELECT user_id, id FROM activities "
@@ -786,17 +815,16 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             # Queries stay right (they read unindexed rows by id); the next step retries.
             log.warning("database %s: user index not updated: %s", self.path, exc)
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            _roll_back(conn)
             return
         self._indexed = self._stored = max(self._stored, top)
 
     def _checkpoint_step(self, conn: sqlite3.Connection, sign: Signing) -> dict[str, Any] | None:
         """On the writer, in one transaction, so the head it signs is the one stored."""
         conn.execute("BEGIN IMMEDIATE")
-        newest = conn.execute("SELECT id, hash FROM activities ORDER BY id DESC LIMIT 1").fetchone()
+        newest = self._newest(conn)
         latest = conn.execute("SELECT max(last_id) FROM checkpoints").fetchone()[0]
-        if newest is None or newest[0] == latest:
+        if newest[0] == 0 or newest[0] == latest:  # 0: no rows to sign
             conn.execute("ROLLBACK")
             return None
         checkpoint = sign(self.store_id, newest[0], newest[1].hex(), now_timestamp())
@@ -813,9 +841,8 @@ class SQLiteStore:
         # Idempotent by id and safe with several writers: the newest row and its hash are
         # read in the transaction, and only ids above it are stored, in order.
         conn.execute("BEGIN IMMEDIATE")
-        newest = conn.execute("SELECT id, hash FROM activities ORDER BY id DESC LIMIT 1").fetchone()
-        floor = max(newest[0] if newest else 0, int(self._meta(conn, "last_id")))
-        head = newest[1] if newest else bytes.fromhex(self._meta(conn, "chain_anchor"))
+        floor = self._high_water(conn)
+        head = self._newest(conn)[1]
         new = [a for a in activities if a.id > floor]
         links = audit.chain_links(head, new)
         # A key Redis has forgotten (after a day, or a loss) may come back on a new
@@ -828,22 +855,7 @@ class SQLiteStore:
                 f"SELECT idem_key FROM activities WHERE idem_key IN ({marks})", keys
             )
         }
-        conn.executemany(
-            f"INSERT INTO activities ({_COLUMNS}, prev_hash, hash) VALUES (?,?,?,?,?,?,?,?)",
-            [
-                (
-                    a.id,
-                    a.user_id,
-                    a.action,
-                    a.timestamp,
-                    a.details,
-                    None if a.key in taken else a.key,
-                    prev,
-                    digest,
-                )
-                for a, (prev, digest) in zip(new, links, strict=True)
-            ],
-        )
+        _insert(conn, new, links, taken)
         conn.execute("COMMIT")
         if new:
             self._stored = max(self._stored, new[-1].id)
