@@ -60,6 +60,13 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 10, 10)
 
 
+def cannot_listen(settings: Settings, exc: OSError) -> None:
+    """Tell on stderr that the port cannot be bound, and why."""
+    print(
+        f"error: cannot listen on {settings.host}:{settings.port}: {exc.strerror}", file=sys.stderr
+    )
+
+
 async def main(settings: Settings, ready: Callable[[], None] | None = None) -> int:
     """Serve until SIGINT or SIGTERM, then stop cleanly and return 0."""
     try:
@@ -78,10 +85,7 @@ async def main(settings: Settings, ready: Callable[[], None] | None = None) -> i
             settings.port, settings.host, reuse_port=settings.workers > 1
         )
     except OSError as exc:
-        print(
-            f"error: cannot listen on {settings.host}:{settings.port}: {exc.strerror}",
-            file=sys.stderr,
-        )
+        cannot_listen(settings, exc)
         tracker.service.close()
         return 2
     server.add_sockets(sockets)
@@ -154,10 +158,7 @@ def serve(settings: Settings) -> int:
     try:
         reserved = reserve_port(settings.host, settings.port)
     except OSError as exc:
-        print(
-            f"error: cannot listen on {settings.host}:{settings.port}: {exc.strerror}",
-            file=sys.stderr,
-        )
+        cannot_listen(settings, exc)
         return 2
     # Port 0 becomes one free port, the same for every worker.
     settings = replace(settings, port=reserved.getsockname()[1])

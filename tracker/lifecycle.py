@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 
 class Lifecycle:
@@ -13,11 +14,6 @@ class Lifecycle:
         self._active: set[object] = set()
         self._idle = asyncio.Event()
         self._idle.set()
-
-    @property
-    def in_flight(self) -> int:
-        """How many API requests have started and not finished."""
-        return len(self._active)
 
     def begin(self, request: object) -> None:
         """A request started."""
@@ -30,10 +26,7 @@ class Lifecycle:
         if not self._active:
             self._idle.set()
 
-    async def drained(self, timeout: float) -> bool:
-        """Wait until no request is in flight (True), or `timeout` seconds (False)."""
-        try:
+    async def drained(self, timeout: float) -> None:
+        """Wait until no request is in flight, or `timeout` seconds at most."""
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
