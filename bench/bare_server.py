@@ -4,14 +4,19 @@ run.py's setup (HTTPServer arguments, bind_sockets/add_sockets, asyncio.run, tor
 at WARNING, garbage-collector settings) with handlers that only answer constants: POST
 /api/metrics/track one activity, GET /api/metrics/activities 100, with the fields and
 values bench/ingest.py records in the project.
+
+With --naive, the same setup serves SEED.md's tracker as a newcomer would write it: a
+reference for what the contract's work (validation, ids, chain, keys) costs on this machine.
 """
 
 import asyncio
 import gc
+import itertools
 import json
 import logging
 import signal
 import sys
+from collections import deque
 from datetime import UTC, datetime
 
 import tornado.httpserver
@@ -36,10 +41,41 @@ class Constant(tornado.web.RequestHandler):
     get = post
 
 
-async def main(port: int) -> None:
+KEPT: deque[dict] = deque(maxlen=1000)  # --naive: SEED.md's window of the last 1,000
+IDS = itertools.count(1)  # --naive: ids only so that ingest.py can check what was kept
+
+
+class NaiveTrack(tornado.web.RequestHandler):
+    """--naive: query arguments into a dict, kept and written back as JSON."""
+
+    def post(self) -> None:
+        activity = {
+            "id": next(IDS),
+            "user_id": self.get_argument("user_id"),
+            "action": self.get_argument("action"),
+            "timestamp": datetime.now().isoformat(),
+            "details": self.get_argument("details", None),
+        }
+        KEPT.append(activity)
+        self.write(activity)
+
+
+class NaiveList(tornado.web.RequestHandler):
+    """--naive: the newest `limit` activities."""
+
+    def get(self) -> None:
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.write(json.dumps(list(KEPT)[-int(self.get_argument("limit", "100")) :]))
+
+
+async def main(port: int, naive: bool) -> None:
     many = b"[" + b",".join(activity(10_001 + i) for i in range(100)) + b"]"
-    routes = [("/api/metrics/track", Constant, {"body": activity(10_001)})]
-    routes.append(("/api/metrics/activities", Constant, {"body": many}))
+    routes: list = [
+        ("/api/metrics/track", Constant, {"body": activity(10_001)}),
+        ("/api/metrics/activities", Constant, {"body": many}),
+    ]
+    if naive:
+        routes = [("/api/metrics/track", NaiveTrack), ("/api/metrics/activities", NaiveList)]
     app = tornado.web.Application(routes, serve_traceback=False)
     gc.freeze()  # as run.py's tune_gc()
     gc.set_threshold(50_000, 10, 10)
@@ -56,4 +92,4 @@ async def main(port: int) -> None:
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("tornado.access").setLevel(logging.WARNING)
-    asyncio.run(main(int(sys.argv[sys.argv.index("--port") + 1])))
+    asyncio.run(main(int(sys.argv[sys.argv.index("--port") + 1]), "--naive" in sys.argv))

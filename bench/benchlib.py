@@ -232,14 +232,14 @@ class Bench:
     def server(self, name: str, extra: str = "", bare: bool = False) -> Server:
         """A project server: --server-cmd, the port, the token, --server-args and `extra`
         (run.py arguments, or a whole command if it does not start with '-'); or
-        bench/bare_server.py.
+        bench/bare_server.py with `extra` as its arguments.
         """
         port, args = free_port(), self.args
         words, command = shlex.split(self.expand(extra)), shlex.split(args.server_cmd)
         if words and not words[0].startswith("-"):
             command, words = words, []
         if bare:
-            command, words = [sys.executable, str(REPO / "bench" / "bare_server.py")], []
+            command = [sys.executable, str(REPO / "bench" / "bare_server.py")]
         token = ["--api-token", args.token] if args.token and not bare else []
         common = [] if bare else shlex.split(self.expand(args.server_args))
         argv = [*command, "--port", str(port), *token, *common, *words]

@@ -17,6 +17,8 @@ JSON = {"Content-Type": "application/json"}
 # or of A alone) and value (or None).
 ROWS = [  # --only section, then a row
     ("POST", ("POST", "bare", "project", "ratio", 0.85)),
+    ("POST", ("POST", "bare", "naive", "ratio", None)),  # the machine's reference: no target
+    ("POST", ("POST", "naive", "project", "ratio", None)),
     ("GET", ("GET", "bare", "project", "ratio", 0.85)),
     ("BATCH", ("BATCH100", "project", None, "", None)),
     ("BATCH", ("BATCH1000", "project", None, "rate", 200_000)),
@@ -75,9 +77,10 @@ def make_plan(bench: bl.Bench, args: Any) -> tuple[list, list]:
     else:
         rows = [row for section, row in ROWS if section in args.sections]
         names = {name for row in rows for name in row[1:3] if name}
-        for name in ("bare", "project", "db"):
+        extra = {"db": "--db {tmp}/bench.db", "naive": "--naive"}
+        for name in ("bare", "naive", "project", "db"):
             if name in names:
-                bench.server(name, "--db {tmp}/bench.db" if name == "db" else "", name == "bare")
+                bench.server(name, extra.get(name, ""), name in ("bare", "naive"))
     plan = [
         (key, [s for s in bench.servers if any(r[0] == key and s.name in r[1:3] for r in rows)])
         for key in dict.fromkeys(r[0] for r in rows)
