@@ -21,18 +21,10 @@ from tracker.alerts.rules import load_rules_file
 from tracker.app import Tracker
 
 from .conftest import Api, error_of
+from .rules import BRUTE_FORCE
 from .servers import ROOT, Server, run_refused
 from .wsclient import Feed
 
-BRUTE_FORCE = {
-    "severity": "high",
-    "kind": "count",
-    "match": {"action": ["login_failed"]},
-    "group_by": "user_id",
-    "threshold": 3,
-    "window_s": 60,
-    "cooldown_s": 300,
-}
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 TOKEN = "s3cret-token"
 

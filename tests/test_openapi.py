@@ -29,6 +29,7 @@ from tracker.handlers.base import APIHandler
 from tracker.service import ActivityService
 
 from .conftest import Api
+from .rules import BRUTE_FORCE
 from .wsclient import Feed
 
 DOCUMENT = json.loads(openapi.load_document())
@@ -280,15 +281,6 @@ async def test_served_description_is_the_file(api: Api) -> None:
 
 TRACK = "/api/metrics/track"
 RULE = "/api/alerts/rules/{name}"
-BRUTE_FORCE = {
-    "severity": "high",
-    "kind": "count",
-    "match": {"action": ["login_failed"]},
-    "group_by": "user_id",
-    "threshold": 5,
-    "window_s": 60,
-    "cooldown_s": 300,
-}
 HEALTH = "/healthz"
 READY = "/readyz"
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}

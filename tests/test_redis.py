@@ -18,6 +18,7 @@ import pytest
 
 from tracker.verify import verify_database
 
+from .rules import BRUTE_FORCE
 from .servers import REDIS_SERVER, RedisServer, Server, free_port, run_refused, start
 from .wsclient import Feed
 
@@ -281,15 +282,7 @@ async def test_redis_lost_then_back_empty_503s_recovers_and_tells_resuming_clien
 @pytest.mark.gen_test(timeout=60)
 async def test_alerts_fire_once_across_processes(trackers: Any, tmp_path: Path) -> None:
     a, b = trackers(), trackers()
-    rule = {
-        "severity": "high",
-        "kind": "count",
-        "match": {"action": ["login_failed"]},
-        "group_by": "user_id",
-        "threshold": 4,
-        "window_s": 60,
-        "cooldown_s": 600,
-    }
+    rule = {**BRUTE_FORCE, "threshold": 4, "cooldown_s": 600}
     assert a.request("PUT", "/api/alerts/rules/brute-force", rule)[0] == 201
     assert [r["name"] for r in b.request("GET", "/api/alerts/rules")[1]] == ["brute-force"]
     feeds = [await Feed.connect(s.base_url) for s in (a, b)]

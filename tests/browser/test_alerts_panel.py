@@ -14,19 +14,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from .. import rules
 from .conftest import Server
 from .test_dashboard import SocketProxy, row_texts, wait_for_rows, wait_for_state, wait_for_text
 
-BRUTE_FORCE = {
-    "name": "brute-force",
-    "severity": "high",
-    "kind": "count",
-    "match": {"action": ["login_failed"]},
-    "group_by": "user_id",
-    "threshold": 3,
-    "window_s": 60,
-    "cooldown_s": 300,
-}
+BRUTE_FORCE = {"name": "brute-force", **rules.BRUTE_FORCE}
 SPRAY = {
     "name": "spray",
     "severity": "critical",
